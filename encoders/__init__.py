@@ -1,0 +1,1 @@
+"""Media decoding and OpenCLIP embedding. Knows images, video and OpenCLIP; never Ray or LanceDB."""

@@ -1,0 +1,149 @@
+"""OpenCLIP image and text encoders, and the embed stage that runs them on a batch of rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoders.media import ERROR, OK, text_or_none
+from encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, resolve_weights
+
+@dataclass(frozen=True)
+class ClipSpec:
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+class ClipEncoder:
+    """One OpenCLIP model: uint8 images and strings in, L2-normalised float32 vectors out."""
+
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None):
+        import open_clip
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.source = source or resolve_weights(spec.model, spec.pretrained)
+        self.device = pick_device(spec.device)
+        # fp16 halves memory traffic on the GPU; CPUs have no fast fp16 path.
+        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
+        self.model = _build_model(self.source).to(self.device, self.dtype).eval()
+        visual = self.model.visual
+        mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        shape = (1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add.
+        self._scale = torch.tensor([1 / (255 * s) for s in std], device=self.device).view(shape)
+        self._shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=self.device).view(shape)
+        self.tokenizer = open_clip.get_tokenizer(self.source.model)
+
+    @property
+    def provenance(self) -> str:
+        return self.source.provenance
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    @property
+    def dim(self) -> int:
+        return self.source.embed_dim
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """`pixels`: uint8 [N, S, S, 3] RGB at the model's image size (see encoders.media)."""
+        import torch
+
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
+            if self.device == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+            features = self.model.encode_image(batch.to(self.dtype))
+            return _normalised(features)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            return _normalised(self.model.encode_text(tokens))
+
+
+class ClipEmbedder:
+    """Embed stage: adds `vector` (image) and `text_vector` (title) to a batch of decoded rows.
+
+    Rows whose status is not `ok` pass through with zero vectors; the store writes them as nulls.
+    A non-finite embedding turns its row into an error rather than a poisoned vector.
+    """
+
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None):
+        self.encoder = ClipEncoder(spec, num_threads=num_threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        status = batch["status"].astype(object)
+        error = np.array([text_or_none(e) for e in batch["error"]], dtype=object)
+        titles = np.array([text_or_none(t) for t in batch["title"]], dtype=object)
+        n = len(status)
+        vectors = np.zeros((n, self.encoder.dim), np.float32)
+        text_vectors = np.zeros((n, self.encoder.dim), np.float32)
+        ok = status == OK
+        if ok.any():
+            vectors[ok] = self.encoder.encode_images(batch["pixels"][ok])
+        titled = ok & (titles != None)  # noqa: E711 (elementwise)
+        if titled.any():
+            text_vectors[titled] = self.encoder.encode_texts(list(titles[titled]))
+        broken = ok & ~(np.isfinite(vectors).all(axis=1) & np.isfinite(text_vectors).all(axis=1))
+        status[broken] = ERROR
+        error[broken] = "the model produced a non-finite embedding"
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out.update(
+            status=status,
+            error=error,
+            vector=vectors,
+            text_vector=text_vectors,
+            model=np.full(n, self.encoder.provenance, dtype=object),
+        )
+        return out
+
+
+def _build_model(source: ModelSource):
+    import open_clip
+    import torch
+
+    if source.is_random:
+        # Seeded, so every process builds the same random model and a table built with it stays
+        # queryable and re-ingestable.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            return open_clip.create_model(source.model, pretrained=None)
+    try:
+        return open_clip.create_model(
+            source.model,
+            pretrained=None if source.model.startswith("local-dir:") else (source.checkpoint or source.pretrained),
+            require_pretrained=True,
+        )
+    except Exception as e:  # OpenCLIP raises RuntimeError, FileNotFoundError, ValueError, ...
+        raise WeightsError(f"could not load weights {source.pretrained!r} for {source.model}: {e}. {REMEDY}") from e
+
+
+def _normalised(features) -> np.ndarray:
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)

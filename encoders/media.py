@@ -1,0 +1,184 @@
+"""Safe image decoding: bytes in, a model-sized RGB uint8 array or a readable per-item error out.
+
+Every check that can refuse an image runs before its pixels are decoded: byte size, format
+(sniffed from the content, never trusted from the name), and pixel count from the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+OK = "ok"
+ERROR = "error"
+SKIPPED = "skipped"  # unchanged since the last run: not decoded, not written
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+
+
+def text_or_none(value) -> str | None:
+    """A string cell as it came through Arrow and numpy: None, NaN or "" all mean no text."""
+    return value if isinstance(value, str) and value else None
+
+
+class MediaError(ValueError):
+    """A per-item problem with its media; the message is written to the row's `error`."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 2**20
+    max_pixels: int = 80_000_000  # a 10,000 x 8,000 photo; Pillow's own bomb limit is ~89 MP
+
+
+def read_media(uri: str, max_bytes: int) -> bytes:
+    """Reads a local path, `file://`, `s3://` or `gs://` URI, refusing files over `max_bytes`."""
+    try:
+        if "://" in uri:
+            from pyarrow import fs
+
+            filesystem, path = fs.FileSystem.from_uri(uri)
+            size = filesystem.get_file_info(path).size
+            _check_size(size, max_bytes)
+            with filesystem.open_input_file(path) as f:
+                return f.read()
+        size = os.path.getsize(uri)
+        _check_size(size, max_bytes)
+        with open(uri, "rb") as f:
+            return f.read()
+    except MediaError:
+        raise
+    except (OSError, ValueError) as e:
+        raise MediaError(f"cannot read {uri}: {e}") from e
+
+
+def _check_size(size: int | None, max_bytes: int) -> None:
+    if size is not None and size > max_bytes:
+        raise MediaError(f"file is {size:,} bytes, over the {max_bytes:,}-byte limit")
+
+
+def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Decodes an image to uint8 [size, size, 3] RGB: EXIF-rotated, shortest side resized
+    (bicubic) to `size`, centre-cropped, as OpenCLIP's own preprocessing does. Raises MediaError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    ext = os.path.splitext(name)[1].lower()
+    if ext and ext not in IMAGE_EXTENSIONS:
+        raise MediaError(f"file extension {ext!r} is not an image type ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if len(data) == 0:
+        raise MediaError("empty file (0 bytes)")
+    _check_size(len(data), limits.max_bytes)
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it: every bomb is an error here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError:
+            raise MediaError(
+                f"not an accepted image format ({', '.join(ALLOWED_FORMATS)}); "
+                f"the file starts with {data[:12]!r}"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise MediaError(f"refused as a decompression bomb: {e}") from None
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise MediaError(
+                f"image is {width}x{height} = {width * height / 1e6:.0f} MP, "
+                f"over the {limits.max_pixels / 1e6:.0f} MP limit"
+            )
+        if width == 0 or height == 0:
+            raise MediaError(f"image has no pixels ({width}x{height})")
+        try:
+            if image.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers `size`.
+                image.draft("RGB", (size, size))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = to_rgb(image)
+            return _resize_and_crop(image, size)
+        except MediaError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise MediaError(f"refused as a decompression bomb: {e}") from None
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
+            raise MediaError(f"corrupt or truncated {image.format} image: {e}") from None
+
+
+def to_rgb(image):
+    """Every Pillow mode to 8-bit RGB: alpha over white, 16-bit and float scaled, CMYK converted."""
+    from PIL import Image
+
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Grey levels of any depth to 0..255: 16-bit by its full range, float by 0..1."""
+    if values.dtype.kind == "f":
+        top = 1.0 if np.nanmax(values, initial=0) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).astype(np.uint8)
+    top = 255 if values.max(initial=0) <= 255 else 65535
+    return (np.clip(values, 0, top).astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
+
+
+def _resize_and_crop(image, size: int) -> np.ndarray:
+    from PIL import Image
+
+    width, height = image.size
+    scale = size / min(width, height)
+    # The centre square of the source, resized in one call: the same pixels as a resize of the
+    # shortest side followed by a centre crop, without resampling what the crop throws away.
+    crop_w, crop_h = size / scale, size / scale
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    resized = image.resize(
+        (size, size), Image.BICUBIC, box=(left, top, left + crop_w, top + crop_h), reducing_gap=3.0
+    )
+    return np.array(resized, dtype=np.uint8)
+
+
+class ImageDecoder:
+    """Decode stage: reads each row's `media_uri`, hashes it, and decodes it to `pixels`.
+
+    A row whose bytes hash to its `known_sha256` (stored by an earlier run with the same model and
+    fields) is marked `skipped` and not decoded. Errors are data: they go to the row's `error`.
+    """
+
+    def __init__(self, image_size: int, limits: ImageLimits = ImageLimits()):
+        self.image_size = image_size
+        self.limits = limits
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["item_id"])
+        status = batch["status"].astype(object)
+        error = np.array([text_or_none(e) for e in batch["error"]], dtype=object)
+        sha256 = np.full(n, None, dtype=object)
+        pixels = np.zeros((n, self.image_size, self.image_size, 3), np.uint8)
+        for i in range(n):
+            if status[i] != OK:
+                continue
+            uri = batch["media_uri"][i]
+            try:
+                data = read_media(uri, self.limits.max_bytes)
+                sha256[i] = hashlib.sha256(data).hexdigest()
+                if sha256[i] == text_or_none(batch["known_sha256"][i]):
+                    status[i] = SKIPPED
+                    continue
+                pixels[i] = decode_image(data, self.image_size, name=uri, limits=self.limits)
+            except MediaError as e:
+                status[i], error[i] = ERROR, str(e)
+        return {**batch, "status": status, "error": error, "media_sha256": sha256, "pixels": pixels}

@@ -1,0 +1,101 @@
+"""`shoplens`: the command line. Progress goes to stderr; the last stdout line is a JSON summary.
+
+Exit codes: 0 done; 3 done, but some items failed (recorded per row); 1 the job failed;
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_ITEMS_FAILED = 0, 1, 2, 3
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    from encoders.weights import WeightsError
+    from pipelines.manifest import ManifestError
+    from pipelines.store import StoreError
+
+    return ManifestError, WeightsError, StoreError
+
+
+def run_job(job) -> None:
+    """Runs `job() -> summary dict`, prints the summary and exits with the design's exit code."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="shoplens: %(message)s")
+    try:
+        summary = job()
+    except _usage_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        typer.echo(json.dumps({"error": str(e), "exit_code": EXIT_USAGE}))
+        raise typer.Exit(EXIT_USAGE) from None
+    except Exception as e:  # the job itself failed: say so in one line, keep the trace on stderr
+        logging.getLogger("shoplens").exception("job failed")
+        typer.echo(json.dumps({"error": f"{type(e).__name__}: {e}", "exit_code": EXIT_FAILED}))
+        raise typer.Exit(EXIT_FAILED) from None
+    code = EXIT_SOME_ITEMS_FAILED if summary.get("failed") else EXIT_OK
+    typer.echo(json.dumps(summary | {"exit_code": code}))
+    raise typer.Exit(code)
+
+
+def progress_bar(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+
+@app.command()
+def ingest(
+    manifest: Path = typer.Argument(..., help="CSV, JSON Lines or Parquet manifest, one row per item."),
+    db: str = typer.Option(..., "--db", help="LanceDB database: a folder, s3:// or gs:// URI."),
+    model: str = typer.Option("ViT-B-32", help="Any OpenCLIP architecture name."),
+    pretrained: str = typer.Option(
+        "laion2b_s34b_b79k", help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    media_root: Path = typer.Option(None, help="Folder relative media paths resolve against [default: the manifest's]."),
+    ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
+) -> None:
+    """Embed a catalog into LanceDB with a Ray Data job."""
+    from pipelines.ingest import IngestConfig, ingest as run_ingest
+
+    config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained,
+                     device=device, media_root=media_root, ray_address=ray_address)
+
+    def job() -> dict:
+        with progress_bar(None, "ingest") as bar:
+            return run_ingest(config, on_rows=bar.update).to_dict()
+
+    run_job(job)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("shoplens-demo"), help="Folder for the sample catalog and its database."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Build a small catalog from package-shipped images, ingest it and show what came out."""
+    from pipelines.demo import run_demo
+
+    run_job(lambda: run_demo(out, device))
+
+
+def _config(model_cls, **values):
+    from pydantic import ValidationError
+
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
+        typer.echo(f"error: {problems}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def main() -> None:
+    app()

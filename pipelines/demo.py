@@ -1,0 +1,86 @@
+"""`shoplens demo`: a small catalog of package-shipped photos, ingested end to end."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+from encoders.weights import WeightsError, resolve_weights
+
+log = logging.getLogger("shoplens")
+
+DEFAULT_MODEL, DEFAULT_WEIGHTS = "ViT-B-32", "laion2b_s34b_b79k"
+# scikit-image ships these photos inside its wheel; titles make them a tiny shop.
+SAMPLE_PRODUCTS = {
+    "astronaut.png": ("Astronaut portrait poster", "posters"),
+    "coffee.png": ("Ceramic coffee cup with saucer", "kitchen"),
+    "chelsea.png": ("Tabby cat, framed photo print", "posters"),
+    "rocket.jpg": ("Rocket launch photo print", "posters"),
+    "motorcycle_left.png": ("Touring motorcycle, used", "vehicles"),
+    "hubble_deep_field.jpg": ("Deep-field galaxy canvas", "posters"),
+    "retina.jpg": ("Retina scan art print", "posters"),
+}
+
+RANDOM_NOTICE = """
+================================================================================
+ NOTICE: the default weights ({model} {weights}) could not be loaded:
+   {reason}
+ The demo runs on RANDOM weights: its similarities mean nothing yet.
+ For real results, run once with network access (the weights are cached), or pass
+ local weights to ingest: --pretrained /path/open_clip_model.safetensors or
+ --pretrained local-dir:/path/to/folder.
+================================================================================
+"""
+
+
+def build_catalog(folder: Path) -> Path:
+    """Copies the sample photos into `folder/media` and writes `folder/catalog.csv`."""
+    try:
+        import skimage
+    except ImportError:
+        raise RuntimeError("the demo's sample photos come with scikit-image: pip install 'shoplens[demo]'") from None
+    source = Path(skimage.__file__).parent / "data"
+    media = folder / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, (name, product) in enumerate(SAMPLE_PRODUCTS.items()):
+        shutil.copyfile(source / name, media / name)
+        title, category = product
+        rows.append({"item_id": f"demo-{n:03d}", "kind": "product", "title": title, "image": f"media/{name}",
+                     "category": category, "seller_id": f"seller-{n % 3}"})
+    manifest = folder / "catalog.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def run_demo(out: Path, device: str) -> dict:
+    from pipelines.ingest import IngestConfig, ingest
+    from pipelines.store import ITEMS, ItemStore
+
+    manifest = build_catalog(out)
+    try:
+        resolve_weights(DEFAULT_MODEL, DEFAULT_WEIGHTS)
+        pretrained = DEFAULT_WEIGHTS
+    except WeightsError as e:
+        log.warning(RANDOM_NOTICE.format(model=DEFAULT_MODEL, weights=DEFAULT_WEIGHTS, reason=e))
+        pretrained = "random"
+    config = IngestConfig(manifest=manifest, db=str(out / "db"), model=DEFAULT_MODEL, pretrained=pretrained, device=device)
+    summary = ingest(config).to_dict()
+
+    table = ItemStore(config.db).db.open_table(ITEMS)
+    items = table.search().select(["item_id", "title", "vector"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
+    print(f"\n{len(items)} products in {config.db}. Nearest neighbour of each by image embedding:")
+    for item in items:
+        hits = (
+            table.search(item["vector"], vector_column_name="vector").distance_type("cosine")
+            .where("status = 'ok'").limit(2).select(["item_id", "title", "_distance"]).to_list()
+        )
+        best = next((h for h in hits if h["item_id"] != item["item_id"]), None)
+        if best:
+            print(f"  {item['title']:<34} -> {best['title']:<34} (cosine distance {best['_distance']:.3f})")
+    return summary | {"weights": pretrained, "manifest": str(manifest)}

@@ -1,0 +1,127 @@
+"""The ingest job: manifest → decode (CPU actors) → embed (actor pool) → one LanceDB writer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from encoders.clip import ClipEmbedder, ClipSpec
+from encoders.media import ERROR, OK, SKIPPED, ImageDecoder
+from encoders.weights import resolve_weights
+from pipelines.manifest import read_manifest
+from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
+from pipelines.store import ItemStore, item_rows
+
+log = logging.getLogger(__name__)
+MAX_ERRORS_SHOWN = 20
+
+
+class IngestConfig(BaseModel):
+    """What a user asks of one ingest run (the CLI's flags)."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    manifest: Path
+    db: str
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    media_root: Path | None = None
+    ray_address: str | None = None
+    write_batch_rows: int = 2048  # rows per LanceDB commit: each commit is a table version
+    write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
+
+
+@dataclass
+class IngestSummary:
+    command: str
+    db: str
+    model: str
+    items: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # unchanged since the last run
+    written: int = 0
+    seconds: float = 0.0
+    items_per_s: float = 0.0
+    errors: list[dict] = field(default_factory=list)
+
+    def record_error(self, item_id, error, row=None) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_ERRORS_SHOWN:
+            self.errors.append({"item_id": item_id, "error": error} | ({"row": row} if row else {}))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -> IngestSummary:
+    """Runs one ingest. Raises ManifestError/WeightsError/StoreError for unusable input (exit 2);
+    per-item problems are recorded in rows and counted in the summary."""
+    started = time.perf_counter()
+    source = resolve_weights(config.model, config.pretrained)  # fails fast, before Ray starts
+    manifest = read_manifest(config.manifest, config.media_root)
+    # Ray first: its processes must not fork from a driver that already runs LanceDB's threads.
+    init_ray(config.ray_address)
+    store = ItemStore(config.db)
+    table = store.items(source.embed_dim)
+    summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))
+    for rejected in manifest.rejected:
+        summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
+
+    rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
+    pools = plan_pools(*cluster_resources(), device=config.device)
+    log.info("pools: %s", pools)
+    import ray.data
+
+    ds = ray.data.from_arrow(rows)
+    ds = apply_stage(ds, ImageDecoder, pools.decode, image_size=source.image_size)
+    ds = apply_stage(
+        ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
+        num_threads=pools.embed.threads,
+    )
+    pending: list[pa.Table] = []
+    last_write = time.monotonic()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        status = batch["status"]
+        for i in np.flatnonzero(status == SKIPPED):
+            summary.skipped += 1
+            stored_status, stored_error = previous[batch["item_id"][i]]
+            if stored_status == ERROR:
+                summary.record_error(batch["item_id"][i], stored_error)
+            else:
+                summary.ok += 1
+        for i in np.flatnonzero(status == ERROR):
+            summary.record_error(batch["item_id"][i], batch["error"][i])
+        summary.ok += int((status == OK).sum())
+        keep = status != SKIPPED
+        if keep.any():
+            pending.append(item_rows({k: v[keep] for k, v in batch.items()}, table.schema))
+        if on_rows:
+            on_rows(len(status))
+        if sum(t.num_rows for t in pending) >= config.write_batch_rows or (
+            pending and time.monotonic() - last_write > config.write_interval_s
+        ):
+            summary.written += _flush(store, table, pending)
+            last_write = time.monotonic()
+    summary.written += _flush(store, table, pending)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.items_per_s = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
+    return summary
+
+
+def _flush(store: ItemStore, table, pending: list[pa.Table]) -> int:
+    if not pending:
+        return 0
+    rows = pa.concat_tables(pending)
+    store.upsert(table, rows)
+    pending.clear()
+    return rows.num_rows

@@ -1,0 +1,134 @@
+"""The manifest: one row per item, from CSV, JSON Lines or Parquet, checked and resolved.
+
+Problems with a single row (bad kind, missing media, a path outside the media root) become that
+row's `status`/`error`; problems with the whole file (unreadable, no `item_id` column) raise
+ManifestError. Rows that cannot even be keyed (no or duplicate `item_id`) are returned apart as
+`rejected`, so the summary reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+
+from encoders.media import ERROR, OK
+
+log = logging.getLogger(__name__)
+
+KINDS = ("product", "video", "live")
+COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id")
+REQUIRED = ("item_id", "kind")
+REMOTE_SCHEMES = ("s3", "gs")
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (a usage error: exit code 2)."""
+
+
+@dataclass
+class Manifest:
+    rows: pa.Table  # item_id, kind, title, category, seller_id, media_uri, status, error
+    rejected: list[dict] = field(default_factory=list)  # {"row": n, "item_id": ..., "error": ...}
+
+
+def read_manifest(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Manifest:
+    path = Path(path)
+    table = _read_table(path)
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"{path}: missing required column(s) {missing}; columns are {table.column_names}")
+    unknown = [c for c in table.column_names if c not in COLUMNS]
+    if unknown:
+        log.warning("%s: ignoring unknown column(s) %s", path, unknown)
+    root = Path(media_root) if media_root is not None else path.parent
+    return _plan(table, root.resolve())
+
+
+def _read_table(path: Path) -> pa.Table:
+    from pyarrow import csv, json, parquet
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            # Every column as text: ids like 00123 must not turn into numbers.
+            return csv.read_csv(path, convert_options=csv.ConvertOptions(column_types=_all_strings(path)))
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return json.read_json(path)
+        if suffix == ".parquet":
+            return parquet.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from e
+    raise ManifestError(f"{path}: manifest must be .csv, .jsonl or .parquet, not {suffix or 'no extension'!r}")
+
+
+def _all_strings(path: Path) -> dict[str, pa.DataType]:
+    from pyarrow import csv
+
+    with csv.open_csv(path) as reader:
+        return {name: pa.string() for name in reader.schema.names}
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _plan(table: pa.Table, root: Path) -> Manifest:
+    out = {name: [] for name in ("item_id", "kind", "title", "category", "seller_id", "media_uri", "status", "error")}
+    rejected, seen = [], set()
+    columns = {name: table.column(name).to_pylist() if name in table.column_names else None for name in COLUMNS}
+    for n in range(table.num_rows):
+        value = {name: (_text(col[n]) if col is not None else None) for name, col in columns.items()}
+        item_id = value["item_id"]
+        if item_id is None:
+            rejected.append({"row": n + 1, "item_id": None, "error": "row has no item_id"})
+            continue
+        if item_id in seen:
+            rejected.append({"row": n + 1, "item_id": item_id, "error": "duplicate item_id: the first row with it was kept"})
+            continue
+        seen.add(item_id)
+        media_uri, error = None, None
+        kind = value["kind"]
+        if kind not in KINDS:
+            error = f"kind must be one of {', '.join(KINDS)}, not {kind!r}"
+        else:
+            media_column = "image" if kind == "product" else "video"
+            ref = value[media_column]
+            if ref is None:
+                error = f"a {kind} needs a {media_column!r}"
+            else:
+                try:
+                    media_uri = resolve_media(ref, root)
+                except ManifestError as e:
+                    media_uri, error = ref, str(e)
+        for name in ("item_id", "kind", "title", "category", "seller_id"):
+            out[name].append(value[name])
+        out["media_uri"].append(media_uri)
+        out["status"].append(ERROR if error else OK)
+        out["error"].append(error)
+    return Manifest(pa.table({k: pa.array(v, pa.string()) for k, v in out.items()}), rejected)
+
+
+def resolve_media(ref: str, root: Path) -> str:
+    """A manifest's media reference as a readable URI; local paths must stay inside `root`."""
+    parsed = urlparse(ref)
+    scheme = parsed.scheme.lower()
+    if scheme in REMOTE_SCHEMES:
+        return ref
+    if scheme == "file":
+        local = Path(unquote(parsed.path))
+    elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise ManifestError(f"scheme {scheme + '://'!r} is not allowed: use a local path, file://, s3:// or gs://")
+    else:
+        local = Path(ref)
+    resolved = (root / local).resolve()  # an absolute `local` replaces `root`
+    if not resolved.is_relative_to(root):
+        raise ManifestError(f"path {ref!r} resolves to {resolved}, outside the media root {root}")
+    return str(resolved)

@@ -1,0 +1,88 @@
+"""The one adapter between plain stages and Ray Data, and how the cluster's cores are shared."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StagePool:
+    """How many actors run a stage, what each reserves, and how many rows each call gets."""
+
+    size: int
+    num_cpus: float
+    batch_size: int
+    num_gpus: float = 0.0
+
+    @property
+    def threads(self) -> int:
+        """Threads a stage may use: the cores it reserved, rounded up (a 1.5-CPU actor gets 2)."""
+        return max(1, math.ceil(self.num_cpus))
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    decode: StagePool
+    embed: StagePool
+
+
+def plan_pools(cpus: float, gpus: float, device: str) -> PoolPlan:
+    """Shares a cluster between decode actors and embed actors.
+
+    On GPUs, one embed actor per GPU with one core to feed it, and every other core decodes.
+    On CPUs only, the model is the bottleneck: it gets the cores but a half one, and decoding
+    (a few percent of the work) runs in that half and in the gaps between model calls.
+    """
+    if device != "cpu" and gpus >= 1:
+        embed = StagePool(size=int(gpus), num_cpus=1, num_gpus=1, batch_size=512)
+        decode_cpus = max(1.0, cpus - embed.size)
+        return PoolPlan(StagePool(size=int(decode_cpus), num_cpus=1, batch_size=64), embed)
+    decode_cpus = max(0.5, cpus / 16)
+    embed_actors = max(1, int((cpus - decode_cpus) // 8))  # big nodes: several 8-core actors
+    decode_actors = math.ceil(decode_cpus)
+    return PoolPlan(
+        decode=StagePool(size=decode_actors, num_cpus=decode_cpus / decode_actors, batch_size=16),
+        embed=StagePool(size=embed_actors, num_cpus=(cpus - decode_cpus) / embed_actors, batch_size=32),
+    )
+
+
+def apply_stage(ds, stage_cls, pool: StagePool, **constructor_kwargs):
+    """Runs a plain stage class (constructor loads, `__call__(batch)` maps) on an actor pool."""
+    import ray.data
+
+    return ds.map_batches(
+        stage_cls,
+        fn_constructor_kwargs=constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.size),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        batch_size=pool.batch_size,
+        batch_format="numpy",
+    )
+
+
+def init_ray(address: str | None) -> None:
+    """Joins `address` (or a running cluster), else starts a local one; logs stay off stdout."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,  # stdout carries only the JSON summary
+            logging_level=logging.WARNING,
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own, on stderr
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def cluster_resources() -> tuple[float, float]:
+    import ray
+
+    resources = ray.cluster_resources()
+    return resources.get("CPU", 1.0), resources.get("GPU", 0.0)

@@ -1,0 +1,122 @@
+"""The LanceDB store: the `items` schema, what earlier runs wrote, and keyed upserts.
+
+One writer, in large batches: every LanceDB write makes a table version, and concurrent
+`merge_insert`s on the same keys conflict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from encoders.media import ERROR, OK, SKIPPED, text_or_none
+
+ITEMS = "items"
+UNSCORED = "unscored"
+# What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
+SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri")
+METADATA_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error")
+
+
+class StoreError(RuntimeError):
+    """The database cannot take this job (a configuration error: exit code 2)."""
+
+
+def items_schema(dim: int) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [pa.field("item_id", pa.string(), nullable=False)]
+        + [pa.field(name, pa.string()) for name in METADATA_FIELDS[1:]]
+        + [
+            pa.field("vector", vector),
+            pa.field("text_vector", vector),
+            pa.field("model", pa.string()),
+            pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+            pa.field("risk", pa.float32()),
+            pa.field("decision", pa.string()),
+            pa.field("safety_version", pa.string()),
+            pa.field("evidence_timestamp_s", pa.float32()),
+        ]
+    )
+
+
+class ItemStore:
+    def __init__(self, uri: str):
+        import lancedb
+
+        self.uri = uri
+        self.db = lancedb.connect(uri)
+
+    def items(self, dim: int):
+        """The `items` table, created if missing; refuses a table of another vector size."""
+        table = self.db.create_table(ITEMS, schema=items_schema(dim), exist_ok=True)
+        stored = table.schema.field("vector").type
+        if getattr(stored, "list_size", None) != dim:
+            raise StoreError(
+                f"{self.uri}: table {ITEMS!r} holds {stored} vectors, but this model makes {dim}-d ones; "
+                "use another --db, or the model the table was built with"
+            )
+        return table
+
+    def mark_unchanged(self, table, manifest: pa.Table, model: str) -> tuple[pa.Table, dict[str, tuple]]:
+        """Adds `known_sha256` to the manifest rows: the hash an unchanged item's bytes will match.
+
+        An item counts as unchanged when an earlier run stored it with the same model and fields,
+        and either embedded it or failed on the same bytes (an error from before the bytes were
+        read, such as a missing file, is retried). A row the manifest itself got wrong the same
+        way as last time is marked skipped here. Returns the rows and, for each item that may be
+        skipped, its stored (status, error).
+        """
+        stored = table.search().select(["item_id", "media_sha256", "status", "error", *SKIP_KEY_FIELDS])
+        previous = {row["item_id"]: row for row in stored.limit(None).to_arrow().to_pylist()}
+        status, known, kept = [], [], {}
+        for row in manifest.to_pylist():
+            old = previous.get(row["item_id"])
+            same = old is not None and all(old[f] == (model if f == "model" else row[f]) for f in SKIP_KEY_FIELDS)
+            same_manifest_error = same and row["status"] == ERROR and old["error"] == row["error"]
+            hashable = same and row["status"] == OK and old["media_sha256"] is not None
+            status.append(SKIPPED if same_manifest_error else row["status"])
+            known.append(old["media_sha256"] if hashable else None)
+            if same_manifest_error or hashable:
+                kept[row["item_id"]] = (old["status"], old["error"])
+        rows = manifest.set_column(manifest.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+        return rows.append_column("known_sha256", pa.array(known, pa.string())), kept
+
+    def upsert(self, table, rows: pa.Table) -> None:
+        if rows.num_rows:
+            # Nulls are how failed rows store "no vector"; NaNs were turned into errors upstream.
+            (
+                table.merge_insert("item_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(rows, on_bad_vectors="null")
+            )
+
+
+def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
+    """Embedded rows (a stage's output batch) as `items` rows: vectors null unless embedded."""
+    ok = np.asarray(batch["status"] == OK)
+    titled = ok & np.array([text_or_none(t) is not None for t in batch["title"]], dtype=bool)
+    n = len(ok)
+    dim = schema.field("vector").type.list_size
+    columns = {name: _strings(batch[name]) for name in METADATA_FIELDS}
+    columns["vector"] = _vectors(batch["vector"], ok, dim)
+    columns["text_vector"] = _vectors(batch["text_vector"], titled, dim)
+    columns["model"] = _strings(batch["model"])
+    columns["updated_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
+    columns["risk"] = pa.nulls(n, pa.float32())
+    columns["decision"] = pa.array([UNSCORED] * n, pa.string())
+    columns["safety_version"] = pa.nulls(n, pa.string())
+    columns["evidence_timestamp_s"] = pa.nulls(n, pa.float32())
+    return pa.table(columns, schema=schema)
+
+
+def _vectors(values: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
+
+
+def _strings(values: np.ndarray) -> pa.Array:
+    return pa.array([text_or_none(v) for v in values], pa.string())
