@@ -96,8 +96,9 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
             )
         if width == 0 or height == 0:
             raise MediaError(f"image has no pixels ({width}x{height})")
+        fmt = image.format
         try:
-            if image.format == "JPEG":
+            if fmt == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers `size`.
                 image.draft("RGB", (size, size))
             image.load()
@@ -109,7 +110,7 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise MediaError(f"refused as a decompression bomb: {e}") from None
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
-            raise MediaError(f"corrupt or truncated {image.format} image: {e}") from None
+            raise MediaError(f"corrupt or truncated {fmt} image: {e}") from None
 
 
 def to_rgb(image):
@@ -140,14 +141,11 @@ def _resize_and_crop(image, size: int) -> np.ndarray:
     from PIL import Image
 
     width, height = image.size
-    scale = size / min(width, height)
+    side = min(width, height)
     # The centre square of the source, resized in one call: the same pixels as a resize of the
     # shortest side followed by a centre crop, without resampling what the crop throws away.
-    crop_w, crop_h = size / scale, size / scale
-    left, top = (width - crop_w) / 2, (height - crop_h) / 2
-    resized = image.resize(
-        (size, size), Image.BICUBIC, box=(left, top, left + crop_w, top + crop_h), reducing_gap=3.0
-    )
+    left, top = (width - side) / 2, (height - side) / 2
+    resized = image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
     return np.array(resized, dtype=np.uint8)
 
 

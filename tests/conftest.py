@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny random OpenCLIP model, real photos, generated bad media, a temp LanceDB,
+one local Ray session. Nothing here downloads: HF_HUB_OFFLINE is set before anything imports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from encoders.clip import ClipSpec  # noqa: E402
+
+MICRO = ClipSpec(model="shoplens-micro", pretrained="random", device="cpu")
+SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg")
+
+
+def sample_photo(name: str) -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / name
+
+
+@pytest.fixture(scope="session")
+def micro_spec() -> ClipSpec:
+    return MICRO
+
+
+@pytest.fixture(scope="session")
+def micro_encoder():
+    from encoders.clip import ClipEncoder
+
+    return ClipEncoder(MICRO, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def tmp_db(tmp_path) -> str:
+    return str(tmp_path / "db")
+
+
+@pytest.fixture
+def media_dir(tmp_path) -> Path:
+    """A media root holding the real sample photos."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for name in SAMPLE_PHOTOS:
+        shutil.copyfile(sample_photo(name), folder / name)
+    return folder
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    """Writes rows as CSV, JSON Lines or Parquet, by `path`'s extension."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), path)
+    return path
+
+
+# --- generated media -------------------------------------------------------------------------
+
+def encode(image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def photo_bytes(name: str = "astronaut.png", fmt: str = "JPEG", size: int | None = None) -> bytes:
+    from PIL import Image
+
+    image = Image.open(sample_photo(name)).convert("RGB")
+    if size:
+        image = image.resize((size, size))
+    return encode(image, fmt, quality=90) if fmt == "JPEG" else encode(image, fmt)
+
+
+def truncated_jpeg() -> bytes:
+    data = photo_bytes()
+    return data[: len(data) // 2]
+
+
+def bomb_png(side: int = 20_000) -> bytes:
+    """A small file that claims `side` x `side` pixels: 400 MP for the default."""
+    from PIL import Image
+
+    return encode(Image.new("1", (side, side)), "PNG")
+
+
+def bad_media() -> dict[str, bytes]:
+    """File name -> bytes, for every kind of bad image input a catalog holds."""
+    return {
+        "empty.jpg": b"",
+        "random.jpg": np.random.default_rng(0).bytes(4096),
+        "truncated.jpg": truncated_jpeg(),
+        "page.jpg": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+        "notes.txt": photo_bytes(),  # a real JPEG, but the name says it is not an image
+        "bomb.png": bomb_png(),
+    }

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from conftest import MICRO, SAMPLE_PHOTOS, sample_photo
+from PIL import Image
+
+from encoders.clip import ClipEmbedder, ClipEncoder
+from encoders.media import ERROR, OK, decode_image
+
+
+@pytest.fixture(scope="module")
+def photos(micro_encoder) -> np.ndarray:
+    return np.stack([decode_image(sample_photo(n).read_bytes(), micro_encoder.image_size) for n in SAMPLE_PHOTOS])
+
+
+def test_image_vectors_are_unit_norm_finite_float32(micro_encoder, photos):
+    vectors = micro_encoder.encode_images(photos)
+    assert vectors.shape == (len(SAMPLE_PHOTOS), micro_encoder.dim) and vectors.dtype == np.float32
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])  # different photos, different vectors
+
+
+def test_batching_does_not_change_vectors(micro_encoder, photos):
+    together = micro_encoder.encode_images(photos)
+    one_by_one = np.concatenate([micro_encoder.encode_images(photos[i : i + 1]) for i in range(len(photos))])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_random_weights_are_the_same_in_every_encoder(micro_encoder, photos):
+    again = ClipEncoder(MICRO, num_threads=1)
+    assert again.provenance == micro_encoder.provenance == "open_clip/shoplens-micro/random-seed0"
+    np.testing.assert_array_equal(again.encode_images(photos), micro_encoder.encode_images(photos))
+
+
+def test_preprocessing_matches_open_clips_own_transform(micro_encoder):
+    import open_clip
+    import torch
+
+    transform = open_clip.image_transform(micro_encoder.image_size, is_train=False)
+    for name in SAMPLE_PHOTOS:
+        image = Image.open(sample_photo(name))
+        ours = micro_encoder.encode_images(decode_image(sample_photo(name).read_bytes(), micro_encoder.image_size)[None])
+        with torch.inference_mode():
+            theirs = micro_encoder.model.encode_image(transform(image.convert("RGB"))[None])
+            theirs = torch.nn.functional.normalize(theirs, dim=-1).numpy()
+        assert (ours @ theirs.T).item() > 0.999, name
+
+
+def test_text_vectors(micro_encoder):
+    vectors = micro_encoder.encode_texts(["red running shoe", "red running shoe", "stainless steel kettle"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    assert float(vectors[0] @ vectors[2]) < 0.999
+    assert micro_encoder.encode_texts([]).shape == (0, micro_encoder.dim)
+
+
+def test_thread_count_follows_the_cores_given():
+    import torch
+
+    ClipEncoder(MICRO, num_threads=1)
+    assert torch.get_num_threads() == 1
+
+
+def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
+    stage = ClipEmbedder.__new__(ClipEmbedder)
+    stage.encoder = micro_encoder  # the stage's own constructor loads the same model
+    batch = {
+        "item_id": np.array(["a", "b", "c"], dtype=object),
+        "status": np.array([OK, ERROR, OK], dtype=object),
+        "error": np.array([None, "corrupt", np.nan], dtype=object),  # nulls arrive as None or NaN
+        "title": np.array(["blue mug", "broken", np.nan], dtype=object),
+        "pixels": photos[:3],
+    }
+    out = stage(batch)
+    assert "pixels" not in out
+    assert list(out["status"]) == [OK, ERROR, OK] and list(out["error"]) == [None, "corrupt", None]
+    np.testing.assert_allclose(out["vector"][[0, 2]], micro_encoder.encode_images(photos[[0, 2]]), atol=1e-6)
+    assert not out["vector"][1].any()
+    np.testing.assert_allclose(out["text_vector"][0], micro_encoder.encode_texts(["blue mug"])[0], atol=1e-6)
+    assert not out["text_vector"][1].any() and not out["text_vector"][2].any()
+    assert set(out["model"]) == {micro_encoder.provenance}
+
+
+def test_embed_stage_constructor_loads_the_model():
+    stage = ClipEmbedder(MICRO, num_threads=1)
+    assert stage.encoder.provenance == "open_clip/shoplens-micro/random-seed0"

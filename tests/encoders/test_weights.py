@@ -1,0 +1,96 @@
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from conftest import sample_photo
+
+from encoders.clip import ClipEncoder, ClipSpec
+from encoders.media import decode_image
+from encoders.weights import PACKAGED_CONFIGS, WeightsError, resolve_weights
+
+
+def test_random_weights_are_named_in_provenance():
+    source = resolve_weights("shoplens-micro", "random")
+    assert source.provenance == "open_clip/shoplens-micro/random-seed0"
+    assert (source.image_size, source.embed_dim) == (64, 64)
+    assert resolve_weights("ViT-B-32", "random").embed_dim == 512
+
+
+def test_unknown_architecture():
+    with pytest.raises(WeightsError, match="unknown OpenCLIP architecture 'ViT-Nope'"):
+        resolve_weights("ViT-Nope", "random")
+
+
+def test_unknown_tag_lists_the_known_ones():
+    with pytest.raises(WeightsError, match="known tags: .*laion2b_s34b_b79k"):
+        resolve_weights("ViT-B-32", "no-such-tag")
+
+
+def test_uncached_tag_fails_fast_offline():
+    started = time.perf_counter()
+    with pytest.raises(WeightsError, match="--pretrained local-dir:"):
+        resolve_weights("ViT-B-32", "laion2b_s34b_b79k")
+    assert time.perf_counter() - started < 5
+
+
+def test_uncached_tag_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1")  # nothing listens on 443 here
+    started = time.perf_counter()
+    with pytest.raises(WeightsError, match="127.0.0.1 cannot be reached"):
+        resolve_weights("ViT-B-32", "laion2b_s34b_b79k")
+    assert time.perf_counter() - started < 5
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory, micro_encoder):
+    """The seeded random micro model, saved the way OpenCLIP checkpoints ship."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    path = folder / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in micro_encoder.model.state_dict().items()}, str(path))
+    return path
+
+
+def astronaut(size):
+    return decode_image(sample_photo("astronaut.png").read_bytes(), size)[None]
+
+
+def test_checkpoint_file_loads_and_is_named_by_checksum(micro_checkpoint, micro_encoder):
+    encoder = ClipEncoder(ClipSpec("shoplens-micro", str(micro_checkpoint), "cpu"), num_threads=1)
+    assert encoder.provenance.startswith("open_clip/shoplens-micro/sha256:")
+    np.testing.assert_allclose(encoder.encode_images(astronaut(64)), micro_encoder.encode_images(astronaut(64)), atol=1e-6)
+
+
+def test_local_dir_loads(tmp_path, micro_checkpoint, micro_encoder):
+    shutil.copyfile(micro_checkpoint, tmp_path / "open_clip_model.safetensors")
+    model_cfg = json.loads((PACKAGED_CONFIGS / "shoplens-micro.json").read_text())
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    encoder = ClipEncoder(ClipSpec("ignored", f"local-dir:{tmp_path}", "cpu"), num_threads=1)
+    assert encoder.provenance.startswith(f"open_clip/local-dir:{tmp_path.name}/sha256:")
+    np.testing.assert_allclose(encoder.encode_images(astronaut(64)), micro_encoder.encode_images(astronaut(64)), atol=1e-6)
+
+
+def test_local_dir_without_weights_is_refused_not_random(tmp_path):
+    model_cfg = json.loads((PACKAGED_CONFIGS / "shoplens-micro.json").read_text())
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    with pytest.raises(WeightsError, match="no weights file"):
+        resolve_weights("ViT-B-32", f"local-dir:{tmp_path}")
+
+
+def test_corrupt_checkpoint_is_an_error_not_random(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(np.random.default_rng(1).bytes(1000))
+    with pytest.raises(WeightsError, match="could not load weights"):
+        ClipEncoder(ClipSpec("shoplens-micro", str(path), "cpu"))
+
+
+def test_checkpoint_of_another_architecture_is_an_error(micro_checkpoint):
+    with pytest.raises(WeightsError, match="could not load weights"):
+        ClipEncoder(ClipSpec("ViT-S-32", str(micro_checkpoint), "cpu"))
+
