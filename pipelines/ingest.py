@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from encoders.clip import ClipEmbedder, ClipSpec
-from encoders.media import ERROR, OK, SKIPPED, ImageDecoder
+from encoders.media import ERROR, OK, SKIPPED, ImageDecoder, text_or_none
 from encoders.weights import resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
@@ -54,6 +54,13 @@ class IngestSummary:
     items_per_s: float = 0.0
     errors: list[dict] = field(default_factory=list)
 
+    def count(self, item_id, status: str, error: str | None, written: bool) -> None:
+        if status == OK:
+            self.ok += 1
+        else:
+            self.record_error(item_id, error)
+        self.skipped += not written
+
     def record_error(self, item_id, error, row=None) -> None:
         self.failed += 1
         if len(self.errors) < MAX_ERRORS_SHOWN:
@@ -91,22 +98,11 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     pending: list[pa.Table] = []
     last_write = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        status = batch["status"]
-        for i in np.flatnonzero(status == SKIPPED):
-            summary.skipped += 1
-            stored_status, stored_error = previous[batch["item_id"][i]]
-            if stored_status == ERROR:
-                summary.record_error(batch["item_id"][i], stored_error)
-            else:
-                summary.ok += 1
-        for i in np.flatnonzero(status == ERROR):
-            summary.record_error(batch["item_id"][i], batch["error"][i])
-        summary.ok += int((status == OK).sum())
-        keep = status != SKIPPED
-        if keep.any():
-            pending.append(item_rows({k: v[keep] for k, v in batch.items()}, table.schema))
+        write = _tally(batch, previous, summary)
+        if write.any():
+            pending.append(item_rows({k: v[write] for k, v in batch.items()}, table.schema))
         if on_rows:
-            on_rows(len(status))
+            on_rows(len(write))
         if sum(t.num_rows for t in pending) >= config.write_batch_rows or (
             pending and time.monotonic() - last_write > config.write_interval_s
         ):
@@ -116,6 +112,20 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.items_per_s = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
     return summary
+
+
+def _tally(batch: dict[str, np.ndarray], previous: dict[str, tuple], summary: IngestSummary) -> np.ndarray:
+    """Counts each row's outcome in `summary`; returns which rows must be written."""
+    write = np.zeros(len(batch["item_id"]), dtype=bool)
+    for i, (item_id, status, error) in enumerate(zip(batch["item_id"], batch["status"], batch["error"])):
+        error = text_or_none(error)
+        if status == SKIPPED:
+            status, error = previous[item_id]
+        else:
+            # A failure that repeats exactly what is stored changes nothing either.
+            write[i] = not (status == ERROR and previous.get(item_id) == (ERROR, error))
+        summary.count(item_id, status, error, written=write[i])
+    return write
 
 
 def _flush(store: ItemStore, table, pending: list[pa.Table]) -> int:

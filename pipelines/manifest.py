@@ -102,7 +102,7 @@ def _plan(table: pa.Table, root: Path) -> Manifest:
             media_column = "image" if kind == "product" else "video"
             ref = value[media_column]
             if ref is None:
-                error = f"a {kind} needs a {media_column!r}"
+                error = f"a {kind} needs a media path in its {media_column!r} column"
             else:
                 try:
                     media_uri = resolve_media(ref, root)

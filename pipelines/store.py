@@ -11,7 +11,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from encoders.media import ERROR, OK, SKIPPED, text_or_none
+from encoders.media import OK, text_or_none
 
 ITEMS = "items"
 UNSCORED = "unscored"
@@ -51,7 +51,10 @@ class ItemStore:
 
     def items(self, dim: int):
         """The `items` table, created if missing; refuses a table of another vector size."""
-        table = self.db.create_table(ITEMS, schema=items_schema(dim), exist_ok=True)
+        try:
+            table = self.db.open_table(ITEMS)
+        except ValueError:  # not found
+            return self.db.create_table(ITEMS, schema=items_schema(dim))
         stored = table.schema.field("vector").type
         if getattr(stored, "list_size", None) != dim:
             raise StoreError(
@@ -63,26 +66,22 @@ class ItemStore:
     def mark_unchanged(self, table, manifest: pa.Table, model: str) -> tuple[pa.Table, dict[str, tuple]]:
         """Adds `known_sha256` to the manifest rows: the hash an unchanged item's bytes will match.
 
-        An item counts as unchanged when an earlier run stored it with the same model and fields,
-        and either embedded it or failed on the same bytes (an error from before the bytes were
-        read, such as a missing file, is retried). A row the manifest itself got wrong the same
-        way as last time is marked skipped here. Returns the rows and, for each item that may be
-        skipped, its stored (status, error).
+        An item is unchanged when an earlier run stored it with the same model and fields, and
+        either embedded it or failed on the same bytes. Returns the rows and, for every item
+        stored with the same model and fields, its stored (status, error), so that a failure
+        that repeats itself exactly is not written again.
         """
         stored = table.search().select(["item_id", "media_sha256", "status", "error", *SKIP_KEY_FIELDS])
         previous = {row["item_id"]: row for row in stored.limit(None).to_arrow().to_pylist()}
-        status, known, kept = [], [], {}
+        known, same_fields = [], {}
         for row in manifest.to_pylist():
             old = previous.get(row["item_id"])
-            same = old is not None and all(old[f] == (model if f == "model" else row[f]) for f in SKIP_KEY_FIELDS)
-            same_manifest_error = same and row["status"] == ERROR and old["error"] == row["error"]
-            hashable = same and row["status"] == OK and old["media_sha256"] is not None
-            status.append(SKIPPED if same_manifest_error else row["status"])
-            known.append(old["media_sha256"] if hashable else None)
-            if same_manifest_error or hashable:
-                kept[row["item_id"]] = (old["status"], old["error"])
-        rows = manifest.set_column(manifest.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        return rows.append_column("known_sha256", pa.array(known, pa.string())), kept
+            if old is not None and all(old[f] == (model if f == "model" else row[f]) for f in SKIP_KEY_FIELDS):
+                same_fields[row["item_id"]] = (old["status"], old["error"])
+                known.append(old["media_sha256"] if row["status"] == OK else None)
+            else:
+                known.append(None)
+        return manifest.append_column("known_sha256", pa.array(known, pa.string())), same_fields
 
     def upsert(self, table, rows: pa.Table) -> None:
         if rows.num_rows:

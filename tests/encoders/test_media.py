@@ -149,12 +149,12 @@ def test_decoder_stage_records_errors_and_skips_unchanged(tmp_path):
         "item_id": np.array(["good", "bad", "unchanged", "manifest-error"], dtype=object),
         "media_uri": np.array([str(good), str(bad), str(unchanged), None], dtype=object),
         "status": np.array([OK, OK, OK, ERROR], dtype=object),
-        "error": np.array([None, None, None, "a product needs an 'image'"], dtype=object),
+        "error": np.array([None, None, None, "a product needs a media path in its 'image' column"], dtype=object),
         "known_sha256": np.array([None, None, hashlib.sha256(unchanged.read_bytes()).hexdigest(), None], dtype=object),
     }
     out = ImageDecoder(SIZE)(batch)
     assert list(out["status"]) == [OK, ERROR, SKIPPED, ERROR]
-    assert "truncated" in out["error"][1] and out["error"][3] == "a product needs an 'image'"
+    assert "truncated" in out["error"][1] and out["error"][3] == "a product needs a media path in its 'image' column"
     assert out["pixels"].shape == (4, SIZE, SIZE, 3) and out["pixels"][0].std() > 10
     assert out["media_sha256"][0] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert out["media_sha256"][3] is None

@@ -1,0 +1,164 @@
+"""The ingest job end to end: a real local Ray, a real LanceDB, real photos, generated bad files."""
+
+import shutil
+
+import lancedb
+import numpy as np
+import pytest
+from conftest import MICRO, SAMPLE_PHOTOS, bad_media, photo_bytes, write_manifest
+
+from encoders.media import decode_image
+from pipelines.ingest import IngestConfig, ingest
+from pipelines.store import ITEMS, StoreError
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+BAD_ERRORS = {
+    "empty.jpg": "empty file",
+    "random.jpg": "not an accepted image format",
+    "truncated.jpg": "corrupt or truncated JPEG",
+    "page.jpg": "the file starts with b'<!DOCTYPE",
+    "notes.txt": "extension '.txt' is not an image type",
+    "bomb.png": "decompression bomb",
+}
+
+
+def config(manifest, db, **overrides) -> IngestConfig:
+    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", **overrides)
+
+
+def rows_by_id(db) -> dict[str, dict]:
+    table = lancedb.connect(db).open_table(ITEMS)
+    return {row["item_id"]: row for row in table.to_arrow().to_pylist()}
+
+
+def version(db) -> int:
+    return lancedb.connect(db).open_table(ITEMS).version
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Real photos with titles, every bad input a catalog holds, and rows the manifest gets wrong."""
+    root = tmp_path_factory.mktemp("catalog")
+    media = root / "media"
+    media.mkdir()
+    rows = []
+    for n, name in enumerate(SAMPLE_PHOTOS):
+        shutil.copyfile(__import__("conftest").sample_photo(name), media / name)
+        rows.append({"item_id": f"good-{n}", "kind": "product", "title": f"product {name}" if n % 2 == 0 else "",
+                     "image": f"media/{name}", "category": "posters", "seller_id": f"s{n}"})
+    for name, data in bad_media().items():
+        (media / name).write_bytes(data)
+        rows.append({"item_id": f"bad-{name}", "kind": "product", "title": "bad", "image": f"media/{name}"})
+    (root.parent / "outside.jpg").write_bytes(photo_bytes())
+    rows += [
+        {"item_id": "missing-file", "kind": "product", "image": "media/nope.jpg"},
+        {"item_id": "outside-root", "kind": "product", "image": "../outside.jpg"},
+        {"item_id": "bad-kind", "kind": "gadget", "image": "media/coffee.png"},
+        {"item_id": "good-0", "kind": "product", "image": "media/coffee.png"},  # duplicate key
+    ]
+    return write_manifest(root / "catalog.csv", rows)
+
+
+@pytest.fixture(scope="module")
+def ingested(catalog, tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("db") / "shop.lance")
+    summary = ingest(config(catalog, db))
+    return db, summary
+
+
+def test_one_row_per_manifest_item(ingested):
+    db, summary = ingested
+    rows = rows_by_id(db)
+    expected = {f"good-{n}" for n in range(len(SAMPLE_PHOTOS))} | {f"bad-{n}" for n in BAD_ERRORS}
+    assert set(rows) == expected | {"missing-file", "outside-root", "bad-kind"}
+    assert summary.items == len(rows) + 1  # the duplicate row is reported, not stored
+    assert summary.written == len(rows) and summary.skipped == 0
+    assert rows["good-0"]["media_uri"].endswith("media/astronaut.png")  # the first row with the key won
+
+
+def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
+    rows = rows_by_id(ingested[0])
+    for n, name in enumerate(SAMPLE_PHOTOS):
+        row = rows[f"good-{n}"]
+        assert row["status"] == "ok" and row["error"] is None
+        vector = np.array(row["vector"], np.float32)
+        assert vector.shape == (micro_encoder.dim,) and np.isfinite(vector).all()
+        assert abs(np.linalg.norm(vector) - 1) < 1e-5
+        assert (row["text_vector"] is None) == (n % 2 == 1)  # no title, no text vector
+        assert row["model"] == "open_clip/shoplens-micro/random-seed0"
+        assert row["decision"] == "unscored" and row["risk"] is None  # never "allow" unscored
+        assert len(row["media_sha256"]) == 64 and row["category"] == "posters" and row["seller_id"] == f"s{n}"
+
+
+def test_pipeline_vectors_equal_the_encoders(ingested, micro_encoder, catalog):
+    rows = rows_by_id(ingested[0])
+    for n, name in enumerate(SAMPLE_PHOTOS):
+        direct = micro_encoder.encode_images(
+            decode_image((catalog.parent / "media" / name).read_bytes(), micro_encoder.image_size)[None]
+        )[0]
+        np.testing.assert_allclose(np.array(rows[f"good-{n}"]["vector"]), direct, atol=1e-5)
+    titled = rows["good-0"]
+    np.testing.assert_allclose(np.array(titled["text_vector"]), micro_encoder.encode_texts([titled["title"]])[0], atol=1e-5)
+
+
+def test_bad_input_is_a_row_error_and_the_job_goes_on(ingested):
+    db, summary = ingested
+    rows = rows_by_id(db)
+    for name, message in BAD_ERRORS.items():
+        row = rows[f"bad-{name}"]
+        assert row["status"] == "error" and message in row["error"], (name, row["error"])
+        assert row["vector"] is None and row["text_vector"] is None and row["decision"] == "unscored"
+    assert "cannot read" in rows["missing-file"]["error"]
+    assert "outside the media root" in rows["outside-root"]["error"]
+    assert "kind must be one of" in rows["bad-kind"]["error"]
+    assert summary.ok == len(SAMPLE_PHOTOS)
+    assert summary.failed == len(BAD_ERRORS) + 3 + 1  # + the rejected duplicate
+    assert {"item_id": "good-0", "row": 16, "error": "duplicate item_id: the first row with it was kept"} in summary.errors
+
+
+def test_rerun_changes_nothing(ingested, catalog):
+    db, first = ingested
+    before, rows_before = version(db), rows_by_id(db)
+    again = ingest(config(catalog, db))
+    assert version(db) == before  # no write at all
+    assert rows_by_id(db) == rows_before
+    # Everything was skipped: the missing file was retried, and failed exactly as before.
+    assert again.written == 0 and again.skipped == len(rows_before)
+    assert (again.ok, again.failed) == (first.ok, first.failed)
+
+
+def test_changed_image_is_re_embedded(tmp_path, media_dir):
+    rows = [{"item_id": f"p{n}", "kind": "product", "title": "mug", "image": name} for n, name in enumerate(SAMPLE_PHOTOS[:3])]
+    manifest = write_manifest(media_dir / "catalog.jsonl", rows)
+    db = str(tmp_path / "db")
+    ingest(config(manifest, db))
+    before = rows_by_id(db)
+    (media_dir / SAMPLE_PHOTOS[1]).write_bytes(photo_bytes("rocket.jpg", fmt="PNG"))
+    summary = ingest(config(manifest, db))
+    after = rows_by_id(db)
+    assert (summary.written, summary.skipped) == (1, 2)
+    assert after["p1"]["media_sha256"] != before["p1"]["media_sha256"]
+    assert not np.allclose(after["p1"]["vector"], before["p1"]["vector"])
+    assert after["p1"]["updated_at"] > before["p1"]["updated_at"]
+    assert after["p0"] == before["p0"] and after["p2"] == before["p2"]
+
+
+def test_changed_title_is_re_embedded(tmp_path, media_dir):
+    db = str(tmp_path / "db")
+    manifest = write_manifest(media_dir / "catalog.csv", [{"item_id": "p", "kind": "product", "title": "mug", "image": "coffee.png"}])
+    ingest(config(manifest, db))
+    before = rows_by_id(db)["p"]
+    write_manifest(manifest, [{"item_id": "p", "kind": "product", "title": "kettle", "image": "coffee.png"}])
+    assert ingest(config(manifest, db)).written == 1
+    after = rows_by_id(db)["p"]
+    assert after["title"] == "kettle" and not np.allclose(after["text_vector"], before["text_vector"])
+    np.testing.assert_allclose(after["vector"], before["vector"], atol=1e-6)
+
+
+def test_a_table_of_another_dimension_is_refused(tmp_path, media_dir):
+    db = str(tmp_path / "db")
+    lancedb.connect(db).create_table(ITEMS, data=[{"item_id": "x", "vector": [0.0] * 8}])
+    manifest = write_manifest(media_dir / "catalog.csv", [{"item_id": "p", "kind": "product", "image": "coffee.png"}])
+    with pytest.raises(StoreError, match="fixed_size_list<item: float>\\[8\\] vectors, but this model makes 64-d ones"):
+        ingest(config(manifest, db))

@@ -1,0 +1,84 @@
+import logging
+
+import pytest
+from conftest import write_manifest
+
+from pipelines.manifest import ManifestError, read_manifest
+
+ROWS = [
+    {"item_id": "00123", "kind": "product", "title": " Blue mug ", "image": "astronaut.png", "category": "kitchen", "seller_id": "7"},
+    {"item_id": "p2", "kind": "product", "title": "", "image": "coffee.png", "category": None, "seller_id": None},
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_formats_read_the_same_rows(tmp_path, media_dir, suffix):
+    manifest = read_manifest(write_manifest(tmp_path / f"catalog{suffix}", ROWS), media_dir)
+    rows = manifest.rows.to_pylist()
+    assert [r["item_id"] for r in rows] == ["00123", "p2"]  # ids stay text, zeros kept
+    assert rows[0]["title"] == "Blue mug" and rows[1]["title"] is None
+    assert rows[0]["media_uri"] == str(media_dir / "astronaut.png")
+    assert [r["status"] for r in rows] == ["ok", "ok"] and manifest.rejected == []
+
+
+def test_relative_paths_resolve_against_the_manifests_folder(media_dir):
+    manifest = read_manifest(write_manifest(media_dir / "catalog.csv", ROWS))
+    assert manifest.rows.column("media_uri").to_pylist()[1] == str(media_dir / "coffee.png")
+
+
+def test_missing_required_column(tmp_path):
+    with pytest.raises(ManifestError, match=r"missing required column\(s\) \['kind'\]"):
+        read_manifest(write_manifest(tmp_path / "m.csv", [{"item_id": "a", "image": "x.jpg"}]))
+
+
+def test_unreadable_and_unknown_format(tmp_path):
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        read_manifest(tmp_path / "missing.csv")
+    (tmp_path / "m.xlsx").write_text("x")
+    with pytest.raises(ManifestError, match="must be .csv, .jsonl or .parquet"):
+        read_manifest(tmp_path / "m.xlsx")
+
+
+def test_unknown_columns_warn_once(tmp_path, caplog):
+    rows = [{**ROWS[0], "price": "3", "colour": "red"}, {**ROWS[1], "price": "4", "colour": "blue"}]
+    with caplog.at_level(logging.WARNING):
+        read_manifest(write_manifest(tmp_path / "m.csv", rows))
+    warnings = [r for r in caplog.records if "unknown column" in r.message]
+    assert len(warnings) == 1 and "price" in warnings[0].message and "colour" in warnings[0].message
+
+
+def test_row_problems_are_row_errors(tmp_path, media_dir):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"x")
+    (media_dir / "escape.jpg").symlink_to(outside)
+    rows = [
+        {"item_id": "up", "kind": "product", "image": "../secret.jpg"},
+        {"item_id": "abs", "kind": "product", "image": "/etc/passwd"},
+        {"item_id": "link", "kind": "product", "image": "escape.jpg"},
+        {"item_id": "http", "kind": "product", "image": "https://example.com/a.jpg"},
+        {"item_id": "fileuri", "kind": "product", "image": (media_dir / "coffee.png").as_uri()},
+        {"item_id": "s3", "kind": "product", "image": "s3://bucket/a.jpg"},
+        {"item_id": "noimage", "kind": "product", "image": ""},
+        {"item_id": "novideo", "kind": "video", "image": "coffee.png"},
+        {"item_id": "badkind", "kind": "service", "image": "coffee.png"},
+    ]
+    manifest = read_manifest(write_manifest(tmp_path / "m.csv", rows), media_dir)
+    got = {r["item_id"]: r for r in manifest.rows.to_pylist()}
+    for item_id in ("up", "abs", "link"):
+        assert got[item_id]["status"] == "error" and "outside the media root" in got[item_id]["error"]
+    assert "scheme 'https://' is not allowed" in got["http"]["error"]
+    assert got["fileuri"]["status"] == "ok" and got["fileuri"]["media_uri"] == str(media_dir / "coffee.png")
+    assert got["s3"]["status"] == "ok" and got["s3"]["media_uri"] == "s3://bucket/a.jpg"
+    assert got["noimage"]["error"] == "a product needs a media path in its 'image' column"
+    assert got["novideo"]["error"] == "a video needs a media path in its 'video' column"
+    assert got["badkind"]["error"] == "kind must be one of product, video, live, not 'service'"
+
+
+def test_rows_without_a_usable_key_are_rejected_and_reported(tmp_path, media_dir):
+    rows = [ROWS[0], {**ROWS[1], "item_id": ""}, {**ROWS[1], "item_id": "00123"}]
+    manifest = read_manifest(write_manifest(tmp_path / "m.csv", rows), media_dir)
+    assert manifest.rows.column("item_id").to_pylist() == ["00123"]
+    assert manifest.rejected == [
+        {"row": 2, "item_id": None, "error": "row has no item_id"},
+        {"row": 3, "item_id": "00123", "error": "duplicate item_id: the first row with it was kept"},
+    ]
