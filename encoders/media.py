@@ -77,6 +77,7 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
         raise MediaError("empty file (0 bytes)")
     _check_size(len(data), limits.max_bytes)
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged metadata warnings: the error says enough
         # Pillow only warns between its limit and twice it: every bomb is an error here.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -88,6 +89,8 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
             ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise MediaError(f"refused as a decompression bomb: {e}") from None
+        except Exception as e:  # a damaged header: OSError, SyntaxError, struct.error...
+            raise MediaError(f"corrupt image header: {e}") from None
         width, height = image.size
         if width * height > limits.max_pixels:
             raise MediaError(
@@ -179,4 +182,6 @@ class ImageDecoder:
                 pixels[i] = decode_image(data, self.image_size, name=uri, limits=self.limits)
             except MediaError as e:
                 status[i], error[i] = ERROR, str(e)
+            except Exception as e:  # a decoder bug must cost one row, never the batch
+                status[i], error[i] = ERROR, f"unexpected {type(e).__name__} while decoding: {e}"
         return {**batch, "status": status, "error": error, "media_sha256": sha256, "pixels": pixels}

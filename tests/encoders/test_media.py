@@ -101,6 +101,20 @@ def test_bad_input_is_a_readable_error(name, message):
         decode_image(bad_media()[name], SIZE, name=name)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
+def test_damaged_files_never_raise_anything_but_media_error(fmt):
+    rng = np.random.default_rng(7)
+    original = photo_bytes(fmt=fmt, size=48)
+    for _ in range(150):
+        damaged = bytearray(original[: rng.integers(1, len(original) + 1)])
+        for position in rng.integers(0, len(damaged), size=rng.integers(1, 8)):
+            damaged[position] = rng.integers(0, 256)
+        try:
+            assert decode_image(bytes(damaged), SIZE).shape == (SIZE, SIZE, 3)
+        except MediaError as e:
+            assert str(e)
+
+
 def test_pixel_limit_is_checked_from_the_header_before_decoding():
     data = bomb_side(9_000)  # 81 MP: under Pillow's own limits, over ours
     started = time.perf_counter()

@@ -1,0 +1,91 @@
+"""The `shoplens` command as users and scripts run it: exit codes, stdout's last line, start-up."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MICRO, write_manifest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def shoplens(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", "from pipelines.cli import main; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy())
+
+
+def test_help_is_fast_and_loads_no_model():
+    probe = "import sys; from pipelines.cli import app; print(sorted({'torch', 'open_clip', 'cv2', 'ray', 'lancedb'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    result = shoplens("ingest", "--help")
+    assert result.returncode == 0 and "--pretrained" in result.stdout and "--ray-address" in result.stdout
+
+
+@pytest.mark.slow
+def test_uncached_weights_fail_fast_with_the_remedy(tmp_path, media_dir):
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "a", "kind": "product", "image": "coffee.png"}])
+    env = os.environ.copy()
+    env.pop("HF_HUB_OFFLINE")  # the network is simply not there: nothing listens on 127.0.0.1:443
+    env["HF_ENDPOINT"] = "https://127.0.0.1"
+    started = time.perf_counter()
+    result = shoplens("ingest", str(manifest), "--db", str(tmp_path / "db"), "--pretrained", "laion2b_s34b_b79k", env=env)
+    assert time.perf_counter() - started < 20  # OpenCLIP's own retries take ~46 s
+    assert result.returncode == 2
+    assert "--pretrained /path/to/open_clip_model.safetensors" in result.stderr
+    assert last_json(result.stdout)["exit_code"] == 2
+    assert not (tmp_path / "db").exists()  # nothing was started or written
+
+
+@pytest.mark.slow
+def test_ingest_subprocess_prints_a_json_summary_last(tmp_path, media_dir):
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "a", "kind": "product", "title": "mug", "image": "coffee.png"}])
+    result = shoplens("ingest", str(manifest), "--db", str(tmp_path / "db"), *MICRO_FLAGS)
+    assert result.returncode == 0, result.stderr
+    summary = last_json(result.stdout)
+    assert (summary["items"], summary["ok"], summary["failed"], summary["exit_code"]) == (1, 1, 0, 0)
+    assert summary["model"] == "open_clip/shoplens-micro/random-seed0"
+    assert result.stdout.strip().count("\n") == 0  # nothing but the summary on stdout
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_exit_code_3_when_some_items_failed(tmp_path, media_dir):
+    (media_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    manifest = write_manifest(
+        media_dir / "c.csv",
+        [{"item_id": "a", "kind": "product", "image": "coffee.png"}, {"item_id": "b", "kind": "product", "image": "broken.jpg"}],
+    )
+    result = CliRunner().invoke(app, ["ingest", str(manifest), "--db", str(tmp_path / "db"), *MICRO_FLAGS])
+    assert result.exit_code == 3, result.output
+    summary = last_json(result.stdout)
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert summary["errors"][0]["item_id"] == "b" and "corrupt image header" in summary["errors"][0]["error"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ingest", "{manifest}", "--db", "{db}", "--device", "tpu"], "--device"),
+        (["ingest", "{manifest}", "--db", "{db}", "--model", "ViT-Nope", "--pretrained", "random"], "unknown OpenCLIP architecture"),
+        (["ingest", "{tmp}/no-kind.csv", "--db", "{db}", *MICRO_FLAGS], "missing required column"),
+        (["ingest", "{manifest}"], "--db"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, media_dir, args, message):
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "a", "kind": "product", "image": "coffee.png"}])
+    write_manifest(tmp_path / "no-kind.csv", [{"item_id": "a", "image": "coffee.png"}])
+    values = {"manifest": manifest, "db": tmp_path / "db", "tmp": tmp_path}
+    result = CliRunner().invoke(app, [a.format(**values) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
