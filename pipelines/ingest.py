@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,10 +75,13 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     """Runs one ingest. Raises ManifestError/WeightsError/StoreError for unusable input (exit 2);
     per-item problems are recorded in rows and counted in the summary."""
     started = time.perf_counter()
-    source = resolve_weights(config.model, config.pretrained)  # fails fast, before Ray starts
     manifest = read_manifest(config.manifest, config.media_root)
-    # Ray first: its processes must not fork from a driver that already runs LanceDB's threads.
-    init_ray(config.ray_address)
+    # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
+    # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        resolving = pool.submit(resolve_weights, config.model, config.pretrained)
+        init_ray(config.ray_address)
+        source = resolving.result()
     store = ItemStore(config.db)
     table = store.items(source.embed_dim)
     summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))
@@ -89,15 +93,17 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     log.info("pools: %s", pools)
     import ray.data
 
-    ds = ray.data.from_arrow(rows)
-    ds = apply_stage(ds, ImageDecoder, pools.decode, image_size=source.image_size)
+    # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
+    block_rows = pools.embed.batch_size * 2
+    ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, max(rows.num_rows, 1), block_rows)])
+    ds = apply_stage(ds, ImageDecoder, pools.decode, stateless=True, image_size=source.image_size)
     ds = apply_stage(
         ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
         num_threads=pools.embed.threads,
     )
     pending: list[pa.Table] = []
     last_write = time.monotonic()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         write = _tally(batch, previous, summary)
         if write.any():
             pending.append(item_rows({k: v[write] for k, v in batch.items()}, table.schema))

@@ -48,19 +48,32 @@ def plan_pools(cpus: float, gpus: float, device: str) -> PoolPlan:
     )
 
 
-def apply_stage(ds, stage_cls, pool: StagePool, **constructor_kwargs):
-    """Runs a plain stage class (constructor loads, `__call__(batch)` maps) on an actor pool."""
+def apply_stage(ds, stage_cls, pool: StagePool, *, stateless: bool = False, **constructor_kwargs):
+    """Runs a plain stage class (constructor loads, `__call__(batch)` maps) on Ray Data.
+
+    A stage with a model runs on a pool of actors that load it once. A `stateless` stage (cheap to
+    construct) runs as tasks instead: they start on Ray's pre-started workers, while an actor
+    costs a new process, which on a small machine delays the model's own start.
+    """
     import ray.data
 
+    common = dict(num_cpus=pool.num_cpus, batch_size=pool.batch_size, batch_format="numpy")
+    if stateless:
+        return ds.map_batches(
+            _run_stateless, fn_kwargs={"stage_cls": stage_cls, "kwargs": constructor_kwargs},
+            compute=ray.data.TaskPoolStrategy(size=pool.size), **common,
+        )
     return ds.map_batches(
         stage_cls,
         fn_constructor_kwargs=constructor_kwargs,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.size),
-        num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
-        batch_size=pool.batch_size,
-        batch_format="numpy",
+        **common,
     )
+
+
+def _run_stateless(batch, stage_cls, kwargs):
+    return stage_cls(**kwargs)(batch)
 
 
 def init_ray(address: str | None) -> None:

@@ -54,6 +54,17 @@ def test_text_vectors(micro_encoder):
     assert micro_encoder.encode_texts([]).shape == (0, micro_encoder.dim)
 
 
+def test_short_text_path_equals_open_clips_encode_text(micro_encoder):
+    import torch
+
+    titles = ["mug", "a very long title " * 20, "red running shoe, size 42, free shipping", ""]
+    with torch.inference_mode():
+        reference = micro_encoder.model.encode_text(micro_encoder.tokenizer(titles))
+        reference = torch.nn.functional.normalize(reference, dim=-1).numpy()
+    np.testing.assert_allclose(micro_encoder.encode_texts(titles), reference, atol=1e-5)
+    np.testing.assert_allclose(micro_encoder.encode_texts(titles[:1]), reference[:1], atol=1e-5)
+
+
 def test_thread_count_follows_the_cores_given():
     import torch
 

@@ -1,0 +1,137 @@
+"""End-to-end image ingest throughput against the model-only encode rate, in the same run.
+
+    python benchmarks/ingest_images.py [--images 2000] [--model ViT-B-32] [--device auto|cpu|cuda]
+
+End to end: wall time of `pipelines.ingest.ingest` from the manifest to rows in LanceDB, Ray's
+start-up included, on 1024-pixel JPEGs made from package-shipped photos. Model only: the same
+encoder with the same thread count on the same items (image and title), already decoded and
+resized. The ratio is the share of the model's speed the whole pipeline keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg", "hubble_deep_field.jpg")
+
+
+def make_catalog(folder: Path, count: int, side: int = 1024) -> Path:
+    """`count` distinct side x side JPEGs: crops, flips and tints of real photos."""
+    import skimage
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    sources = [Image.open(Path(skimage.__file__).parent / "data" / p).convert("RGB") for p in PHOTOS]
+    lines = ["item_id,kind,title,image"]
+    for n in range(count):
+        image = sources[n % len(sources)]
+        w, h = image.size
+        crop = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * crop), int(h * crop)
+        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        variant = image.crop((x, y, x + cw, y + ch)).resize((side, side), Image.BICUBIC)
+        if n % 2:
+            variant = ImageOps.mirror(variant)
+        variant = Image.blend(variant, Image.new("RGB", variant.size, tuple(int(c) for c in rng.integers(0, 256, 3))), 0.1)
+        variant.save(folder / f"{n:05d}.jpg", quality=90)
+        lines.append(f"item-{n:05d},product,{title(n)},{n:05d}.jpg")
+    manifest = folder / "catalog.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def title(n: int) -> str:
+    return f"product photo number {n}"
+
+
+def model_only_rates(folder: Path, count: int, model: str, pretrained: str, device: str, threads: int, batch: int) -> tuple[float, float]:
+    """Items/s of the model alone on decoded images and their titles, as the embed stage does
+    them (the same batch size and threads), and images/s of the image tower alone."""
+    from encoders.clip import ClipEncoder, ClipSpec
+    from encoders.media import decode_image
+
+    encoder = ClipEncoder(ClipSpec(model, pretrained, device), num_threads=threads)
+    pixels = np.stack([decode_image((folder / f"{n:05d}.jpg").read_bytes(), encoder.image_size) for n in range(count)])
+    titles = [title(n) for n in range(count)]
+    encoder.encode_images(pixels[:batch])  # warm-up: first calls allocate and pick kernels
+    encoder.encode_texts(titles[:batch])
+    timings = []
+    for with_titles in (True, False):
+        started = time.perf_counter()
+        for start in range(0, count, batch):
+            encoder.encode_images(pixels[start : start + batch])  # returns on the host: synchronised
+            if with_titles:
+                encoder.encode_texts(titles[start : start + batch])
+        timings.append(count / (time.perf_counter() - started))
+    return timings[0], timings[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="random")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from pipelines.ingest import IngestConfig, ingest
+    from pipelines.ray_data import plan_pools
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        print(f"making {args.images} 1024-px JPEGs ...", file=sys.stderr)
+        manifest = make_catalog(folder, args.images)
+
+        config = IngestConfig(manifest=manifest, db=str(folder / "db"), model=args.model,
+                              pretrained=args.pretrained, device=args.device)
+        outputs = []  # (seconds since the start, rows) for each batch the writer receives
+        started = time.perf_counter()
+        summary = ingest(config, on_rows=lambda rows: outputs.append((time.perf_counter() - started, rows)))
+        assert summary.ok == args.images, summary
+        end_to_end = args.images / summary.seconds
+        first_out = outputs[0][0]
+        steady = (args.images - outputs[0][1]) / (outputs[-1][0] - first_out)
+
+        import ray
+
+        cpus, gpus = ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0)
+        pools = plan_pools(cpus, gpus, args.device)
+        ray.shutdown()  # free the cores the pipeline's actors held
+        device = "cuda" if pools.embed.num_gpus else "cpu"
+        model_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
+                                                   pools.embed.threads, pools.embed.batch_size)
+
+    figures = {
+        "benchmark": "ingest_images",
+        "images": args.images,
+        "model": summary.model,
+        "device": device,
+        "end_to_end_images_per_s": round(end_to_end, 2),
+        "end_to_end_seconds": summary.seconds,
+        "start_up_seconds": round(first_out, 2),
+        "steady_images_per_s": round(steady, 2),
+        "model_only_images_per_s": round(model_only, 2),
+        "image_tower_only_images_per_s": round(image_tower, 2),
+        "ratio": round(end_to_end / model_only, 3),
+        "steady_ratio": round(steady / model_only, 3),
+    }
+    print(f"end to end   : {end_to_end:8.2f} items/s ({args.images} items in {summary.seconds:.1f} s, start-up included)")
+    print(f"  start-up   : {first_out:8.2f} s until the first rows reached the writer (Ray, actors, model)")
+    print(f"  after it   : {steady:8.2f} items/s")
+    print(f"model only   : {model_only:8.2f} items/s (image + title, {pools.embed.threads} threads, batch {pools.embed.batch_size})")
+    print(f"  image tower: {image_tower:8.2f} images/s")
+    print(f"ratio        : {end_to_end / model_only:8.3f} end to end, {steady / model_only:.3f} after start-up")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
