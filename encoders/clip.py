@@ -86,29 +86,39 @@ class ClipEncoder:
 
 
 class ClipEmbedder:
-    """Embed stage: adds `vector` (image) and `text_vector` (title) to a batch of decoded rows.
+    """Embed stage: adds `frame_vectors` [F, D] (one per decoded frame), `vector` (the item's:
+    its image's, or the re-normalised mean of a video's frames) and `text_vector` (its title's).
 
     Rows whose status is not `ok` pass through with zero vectors; the store writes them as nulls.
     A non-finite embedding turns its row into an error rather than a poisoned vector.
     """
 
-    def __init__(self, spec: ClipSpec, num_threads: int | None = None):
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None, max_frames_per_call: int = 256):
         self.encoder = ClipEncoder(spec, num_threads=num_threads)
+        self.max_frames_per_call = max_frames_per_call  # bounds memory for batches of long videos
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = batch["status"].astype(object)
         error = np.array([text_or_none(e) for e in batch["error"]], dtype=object)
         titles = np.array([text_or_none(t) for t in batch["title"]], dtype=object)
-        n = len(status)
-        vectors = np.zeros((n, self.encoder.dim), np.float32)
-        text_vectors = np.zeros((n, self.encoder.dim), np.float32)
-        ok = status == OK
-        if ok.any():
-            vectors[ok] = self.encoder.encode_images(batch["pixels"][ok])
-        titled = ok & (titles != None)  # noqa: E711 (elementwise)
-        if titled.any():
+        n, dim = len(status), self.encoder.dim
+        vectors = np.zeros((n, dim), np.float32)
+        text_vectors = np.zeros((n, dim), np.float32)
+        frame_vectors = np.empty(n, dtype=object)
+        frame_vectors[:] = [np.zeros((0, dim), np.float32)] * n
+        ok = np.flatnonzero(status == OK)
+        if len(ok):
+            frames = [np.asarray(batch["pixels"][i]) for i in ok]
+            flat = self._encode_frames(np.concatenate(frames))
+            for i, per_item in zip(ok, np.split(flat, np.cumsum([len(f) for f in frames])[:-1])):
+                frame_vectors[i] = per_item
+                mean = per_item.mean(axis=0)
+                vectors[i] = mean / np.linalg.norm(mean)
+        titled = np.flatnonzero((status == OK) & (titles != None))  # noqa: E711 (elementwise)
+        if len(titled):
             text_vectors[titled] = self.encoder.encode_texts(list(titles[titled]))
-        broken = ok & ~(np.isfinite(vectors).all(axis=1) & np.isfinite(text_vectors).all(axis=1))
+        finite = np.isfinite(vectors).all(axis=1) & np.isfinite(text_vectors).all(axis=1)
+        broken = (status == OK) & ~finite
         status[broken] = ERROR
         error[broken] = "the model produced a non-finite embedding"
         out = {k: v for k, v in batch.items() if k != "pixels"}
@@ -117,9 +127,14 @@ class ClipEmbedder:
             error=error,
             vector=vectors,
             text_vector=text_vectors,
+            frame_vectors=frame_vectors,
             model=np.full(n, self.encoder.provenance, dtype=object),
         )
         return out
+
+    def _encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        step = self.max_frames_per_call
+        return np.concatenate([self.encoder.encode_images(frames[s : s + step]) for s in range(0, len(frames), step)])
 
 
 def _build_model(source: ModelSource):

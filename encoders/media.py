@@ -6,9 +6,11 @@ Every check that can refuse an image runs before its pixels are decoded: byte si
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -58,6 +60,41 @@ def read_media(uri: str, max_bytes: int) -> bytes:
         raise
     except (OSError, ValueError) as e:
         raise MediaError(f"cannot read {uri}: {e}") from e
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, max_bytes: int):
+    """Yields (local path, sha256) for a media file that a decoder must open by path (videos):
+    local files are hashed in place, remote ones copied to a temporary file while hashed."""
+    with contextlib.ExitStack() as cleanup:
+        try:
+            path, sha256 = _localise(uri, max_bytes, cleanup)
+        except MediaError:
+            raise
+        except (OSError, ValueError) as e:
+            raise MediaError(f"cannot read {uri}: {e}") from e
+        yield path, sha256
+
+
+def _localise(uri: str, max_bytes: int, cleanup: contextlib.ExitStack) -> tuple[str, str]:
+    digest = hashlib.sha256()
+    if "://" not in uri:
+        _check_size(os.path.getsize(uri), max_bytes)
+        with open(uri, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return uri, digest.hexdigest()
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    _check_size(filesystem.get_file_info(path).size, max_bytes)
+    copy = cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1]))
+    with filesystem.open_input_stream(path) as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            copy.write(chunk)
+    copy.flush()
+    return copy.name, digest.hexdigest()
 
 
 def _check_size(size: int | None, max_bytes: int) -> None:
@@ -150,38 +187,3 @@ def _resize_and_crop(image, size: int) -> np.ndarray:
     left, top = (width - side) / 2, (height - side) / 2
     resized = image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
     return np.array(resized, dtype=np.uint8)
-
-
-class ImageDecoder:
-    """Decode stage: reads each row's `media_uri`, hashes it, and decodes it to `pixels`.
-
-    A row whose bytes hash to its `known_sha256` (stored by an earlier run with the same model and
-    fields) is marked `skipped` and not decoded. Errors are data: they go to the row's `error`.
-    """
-
-    def __init__(self, image_size: int, limits: ImageLimits = ImageLimits()):
-        self.image_size = image_size
-        self.limits = limits
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["item_id"])
-        status = batch["status"].astype(object)
-        error = np.array([text_or_none(e) for e in batch["error"]], dtype=object)
-        sha256 = np.full(n, None, dtype=object)
-        pixels = np.zeros((n, self.image_size, self.image_size, 3), np.uint8)
-        for i in range(n):
-            if status[i] != OK:
-                continue
-            uri = batch["media_uri"][i]
-            try:
-                data = read_media(uri, self.limits.max_bytes)
-                sha256[i] = hashlib.sha256(data).hexdigest()
-                if sha256[i] == text_or_none(batch["known_sha256"][i]):
-                    status[i] = SKIPPED
-                    continue
-                pixels[i] = decode_image(data, self.image_size, name=uri, limits=self.limits)
-            except MediaError as e:
-                status[i], error[i] = ERROR, str(e)
-            except Exception as e:  # a decoder bug must cost one row, never the batch
-                status[i], error[i] = ERROR, f"unexpected {type(e).__name__} while decoding: {e}"
-        return {**batch, "status": status, "error": error, "media_sha256": sha256, "pixels": pixels}

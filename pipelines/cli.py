@@ -59,6 +59,7 @@ def ingest(
         "laion2b_s34b_b79k", help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
     media_root: Path = typer.Option(None, help="Folder relative media paths resolve against [default: the manifest's]."),
     ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
 ) -> None:
@@ -66,7 +67,7 @@ def ingest(
     from pipelines.ingest import IngestConfig, ingest as run_ingest
 
     config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained,
-                     device=device, media_root=media_root, ray_address=ray_address)
+                     device=device, frames=frames, media_root=media_root, ray_address=ray_address)
 
     def job() -> dict:
         with progress_bar(None, "ingest") as bar:

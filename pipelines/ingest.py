@@ -12,14 +12,16 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from encoders.clip import ClipEmbedder, ClipSpec
-from encoders.media import ERROR, OK, SKIPPED, ImageDecoder, text_or_none
+from encoders.decode import MediaDecoder
+from encoders.media import ERROR, OK, SKIPPED, text_or_none
+from encoders.video import DEFAULT_SAMPLING, FrameSampling
 from encoders.weights import resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
-from pipelines.store import ItemStore, item_rows
+from pipelines.store import VIDEO_KINDS, ItemStore, frame_rows, item_rows
 
 log = logging.getLogger(__name__)
 MAX_ERRORS_SHOWN = 20
@@ -35,10 +37,16 @@ class IngestConfig(BaseModel):
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
     media_root: Path | None = None
     ray_address: str | None = None
     write_batch_rows: int = 2048  # rows per LanceDB commit: each commit is a table version
     write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
+
+    @field_validator("frames")
+    @classmethod
+    def _valid_sampling(cls, value: str) -> str:
+        return str(FrameSampling.parse(value))  # a bad default is a usage error, not 1M row errors
 
 
 @dataclass
@@ -75,7 +83,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     """Runs one ingest. Raises ManifestError/WeightsError/StoreError for unusable input (exit 2);
     per-item problems are recorded in rows and counted in the summary."""
     started = time.perf_counter()
-    manifest = read_manifest(config.manifest, config.media_root)
+    manifest = read_manifest(config.manifest, config.media_root, config.frames)
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
     # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -84,6 +92,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         source = resolving.result()
     store = ItemStore(config.db)
     table = store.items(source.embed_dim)
+    frames_table = store.frames(source.embed_dim)
     summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))
     for rejected in manifest.rejected:
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
@@ -96,25 +105,23 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, max(rows.num_rows, 1), block_rows)])
-    ds = apply_stage(ds, ImageDecoder, pools.decode, stateless=True, image_size=source.image_size)
+    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size)
     ds = apply_stage(
         ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
         num_threads=pools.embed.threads,
     )
-    pending: list[pa.Table] = []
+    pending = _Pending(store, table, frames_table)
     last_write = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         write = _tally(batch, previous, summary)
         if write.any():
-            pending.append(item_rows({k: v[write] for k, v in batch.items()}, table.schema))
+            pending.add({k: v[write] for k, v in batch.items()})
         if on_rows:
             on_rows(len(write))
-        if sum(t.num_rows for t in pending) >= config.write_batch_rows or (
-            pending and time.monotonic() - last_write > config.write_interval_s
-        ):
-            summary.written += _flush(store, table, pending)
+        if pending.rows >= config.write_batch_rows or (pending.rows and time.monotonic() - last_write > config.write_interval_s):
+            summary.written += pending.flush()
             last_write = time.monotonic()
-    summary.written += _flush(store, table, pending)
+    summary.written += pending.flush()
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.items_per_s = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
     return summary
@@ -134,10 +141,30 @@ def _tally(batch: dict[str, np.ndarray], previous: dict[str, tuple], summary: In
     return write
 
 
-def _flush(store: ItemStore, table, pending: list[pa.Table]) -> int:
-    if not pending:
-        return 0
-    rows = pa.concat_tables(pending)
-    store.upsert(table, rows)
-    pending.clear()
-    return rows.num_rows
+class _Pending:
+    """Rows waiting for the one writer, committed in large batches."""
+
+    def __init__(self, store: ItemStore, items, frames):
+        self.store, self.items, self.frames = store, items, frames
+        self.item_rows: list[pa.Table] = []
+        self.frame_rows: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        self.item_rows.append(item_rows(batch, self.items.schema))
+        self.frame_rows.append(frame_rows(batch, self.frames.schema))
+        self.rows += len(batch["item_id"])
+
+    def flush(self) -> int:
+        if not self.rows:
+            return 0
+        items = pa.concat_tables(self.item_rows)
+        video_ids = [i for i, kind in zip(items["item_id"].to_pylist(), items["kind"].to_pylist()) if kind in VIDEO_KINDS]
+        # Frames first: a crash between the two commits then leaves items that a re-run redoes,
+        # never an item marked done whose frames are missing.
+        self.store.replace_frames(self.frames, video_ids, pa.concat_tables(self.frame_rows))
+        self.store.upsert(self.items, items)
+        written, self.rows = self.rows, 0
+        self.item_rows.clear()
+        self.frame_rows.clear()
+        return written

@@ -17,11 +17,12 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 
 from encoders.media import ERROR, OK
+from encoders.video import DEFAULT_SAMPLING, FrameSampling
 
 log = logging.getLogger(__name__)
 
 KINDS = ("product", "video", "live")
-COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id")
+COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id", "frames")
 REQUIRED = ("item_id", "kind")
 REMOTE_SCHEMES = ("s3", "gs")
 
@@ -32,11 +33,15 @@ class ManifestError(ValueError):
 
 @dataclass
 class Manifest:
-    rows: pa.Table  # item_id, kind, title, category, seller_id, media_uri, status, error
+    rows: pa.Table  # item_id, kind, title, category, seller_id, media_uri, frames, status, error
     rejected: list[dict] = field(default_factory=list)  # {"row": n, "item_id": ..., "error": ...}
 
 
-def read_manifest(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Manifest:
+def read_manifest(
+    path: str | os.PathLike, media_root: str | os.PathLike | None = None, default_frames: str = DEFAULT_SAMPLING
+) -> Manifest:
+    """Reads and checks a manifest. Videos sample frames as their `frames` cell says, else as
+    `default_frames` says (`uniform:N`, `fps:R` or `scene`)."""
     path = Path(path)
     table = _read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
@@ -46,7 +51,7 @@ def read_manifest(path: str | os.PathLike, media_root: str | os.PathLike | None 
     if unknown:
         log.warning("%s: ignoring unknown column(s) %s", path, unknown)
     root = Path(media_root) if media_root is not None else path.parent
-    return _plan(table, root.resolve())
+    return _plan(table, root.resolve(), default_frames)
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -80,8 +85,8 @@ def _text(value) -> str | None:
     return text or None
 
 
-def _plan(table: pa.Table, root: Path) -> Manifest:
-    out = {name: [] for name in ("item_id", "kind", "title", "category", "seller_id", "media_uri", "status", "error")}
+def _plan(table: pa.Table, root: Path, default_frames: str) -> Manifest:
+    out = {name: [] for name in ("item_id", "kind", "title", "category", "seller_id", "media_uri", "frames", "status", "error")}
     rejected, seen = [], set()
     columns = {name: table.column(name).to_pylist() if name in table.column_names else None for name in COLUMNS}
     for n in range(table.num_rows):
@@ -94,26 +99,35 @@ def _plan(table: pa.Table, root: Path) -> Manifest:
             rejected.append({"row": n + 1, "item_id": item_id, "error": "duplicate item_id: the first row with it was kept"})
             continue
         seen.add(item_id)
-        media_uri, error = None, None
-        kind = value["kind"]
-        if kind not in KINDS:
-            error = f"kind must be one of {', '.join(KINDS)}, not {kind!r}"
-        else:
-            media_column = "image" if kind == "product" else "video"
-            ref = value[media_column]
-            if ref is None:
-                error = f"a {kind} needs a media path in its {media_column!r} column"
-            else:
-                try:
-                    media_uri = resolve_media(ref, root)
-                except ManifestError as e:
-                    media_uri, error = ref, str(e)
+        media_uri, frames, error = _check_row(value, root, default_frames)
         for name in ("item_id", "kind", "title", "category", "seller_id"):
             out[name].append(value[name])
         out["media_uri"].append(media_uri)
+        out["frames"].append(frames)
         out["status"].append(ERROR if error else OK)
         out["error"].append(error)
     return Manifest(pa.table({k: pa.array(v, pa.string()) for k, v in out.items()}), rejected)
+
+
+def _check_row(value: dict, root: Path, default_frames: str) -> tuple[str | None, str | None, str | None]:
+    """A keyed row's (media_uri, frames, error): what to read, how to sample it, or why not."""
+    kind = value["kind"]
+    if kind not in KINDS:
+        return None, None, f"kind must be one of {', '.join(KINDS)}, not {kind!r}"
+    frames = None
+    if kind != "product":
+        try:
+            frames = str(FrameSampling.parse(value["frames"] or default_frames))
+        except ValueError as e:
+            return None, value["frames"], f"frames: {e}"
+    media_column = "image" if kind == "product" else "video"
+    ref = value[media_column]
+    if ref is None:
+        return None, frames, f"a {kind} needs a media path in its {media_column!r} column"
+    try:
+        return resolve_media(ref, root), frames, None
+    except ManifestError as e:
+        return ref, frames, str(e)
 
 
 def resolve_media(ref: str, root: Path) -> str:

@@ -14,10 +14,15 @@ import pyarrow as pa
 from encoders.media import OK, text_or_none
 
 ITEMS = "items"
+FRAMES = "frames"
+VIDEO_KINDS = ("video", "live")
 UNSCORED = "unscored"
 # What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
-SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri")
-METADATA_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error")
+SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri", "frames")
+# `note` (what was capped or cut short) and `frames` (the video's sampling) extend the design's columns.
+METADATA_FIELDS = (
+    "item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames",
+)
 
 
 class StoreError(RuntimeError):
@@ -42,6 +47,19 @@ def items_schema(dim: int) -> pa.Schema:
     )
 
 
+def frames_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("frame_index", pa.int64(), nullable=False),
+            pa.field("timestamp_s", pa.float32()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("model", pa.string()),
+            pa.field("risk", pa.float32()),
+        ]
+    )
+
+
 class ItemStore:
     def __init__(self, uri: str):
         import lancedb
@@ -51,14 +69,21 @@ class ItemStore:
 
     def items(self, dim: int):
         """The `items` table, created if missing; refuses a table of another vector size."""
+        return self._table(ITEMS, items_schema(dim))
+
+    def frames(self, dim: int):
+        """The `frames` table (one row per sampled video frame), created if missing."""
+        return self._table(FRAMES, frames_schema(dim))
+
+    def _table(self, name: str, schema: pa.Schema):
         try:
-            table = self.db.open_table(ITEMS)
+            table = self.db.open_table(name)
         except ValueError:  # not found
-            return self.db.create_table(ITEMS, schema=items_schema(dim))
-        stored = table.schema.field("vector").type
-        if getattr(stored, "list_size", None) != dim:
+            return self.db.create_table(name, schema=schema)
+        stored, wanted = table.schema.field("vector").type, schema.field("vector").type
+        if stored != wanted:
             raise StoreError(
-                f"{self.uri}: table {ITEMS!r} holds {stored} vectors, but this model makes {dim}-d ones; "
+                f"{self.uri}: table {name!r} holds {stored} vectors, but this model makes {wanted.list_size}-d ones; "
                 "use another --db, or the model the table was built with"
             )
         return table
@@ -92,6 +117,42 @@ class ItemStore:
                 .when_not_matched_insert_all()
                 .execute(rows, on_bad_vectors="null")
             )
+
+    def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
+        """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
+        has (it was re-sampled, or now fails) are deleted as the new ones are upserted."""
+        if item_ids:
+            (
+                table.merge_insert(["item_id", "frame_index"])
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(f"item_id IN ({', '.join(map(sql_string, item_ids))})")
+                .execute(rows)
+            )
+
+
+def sql_string(value: str) -> str:
+    """A quoted SQL string literal: LanceDB filters take raw SQL, so quotes are doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
+    """One row per sampled frame of each embedded video or live segment."""
+    dim = schema.field("vector").type.list_size
+    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "vector": []}
+    for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
+        count = len(batch["frame_index"][i])
+        columns["item_id"] += [batch["item_id"][i]] * count
+        columns["frame_index"] += list(batch["frame_index"][i])
+        columns["timestamp_s"] += list(batch["timestamp_s"][i])
+        columns["model"] += [batch["model"][i]] * count
+        columns["vector"].append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
+    vectors = np.concatenate(columns.pop("vector")) if columns["item_id"] else np.zeros((0, dim), np.float32)
+    n = len(columns["item_id"])
+    return pa.table(
+        {**columns, "vector": _vectors(vectors, np.ones(n, bool), dim), "risk": pa.nulls(n, pa.float32())},
+        schema=schema,
+    )
 
 
 def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:

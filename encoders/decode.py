@@ -1,0 +1,71 @@
+"""The decode stage: each row's media, read, hashed and decoded to model-sized frames.
+
+A product image becomes one frame, a video or live segment its sampled frames. Every row leaves
+with `pixels` [F, size, size, 3], `frame_index` and `timestamp_s` [F], `media_sha256` and `note`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, local_copy, read_media, text_or_none
+from encoders.video import FrameSampling, VideoLimits, sample_frames
+
+MAX_VIDEO_BYTES = 4 * 2**30
+
+
+class MediaDecoder:
+    """Decode stage. A row whose bytes hash to its `known_sha256` (stored by an earlier run with
+    the same model and fields) is marked `skipped` and not decoded. Errors are data: they go to
+    the row's `error`, and the batch goes on."""
+
+    def __init__(self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits()):
+        self.size = image_size
+        self.image_limits = image_limits
+        self.video_limits = video_limits
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["item_id"])
+        out = {
+            "status": batch["status"].astype(object),
+            "error": np.array([text_or_none(e) for e in batch["error"]], dtype=object),
+            "media_sha256": np.full(n, None, dtype=object),
+            "note": np.full(n, None, dtype=object),
+            "pixels": np.empty(n, dtype=object),
+            "frame_index": np.empty(n, dtype=object),
+            "timestamp_s": np.empty(n, dtype=object),
+        }
+        for i in range(n):
+            frames = None
+            if out["status"][i] == OK:
+                try:
+                    frames = self._decode_row(batch, i, out)
+                except MediaError as e:
+                    out["status"][i], out["error"][i] = ERROR, str(e)
+                except Exception as e:  # a decoder bug must cost one row, never the batch
+                    out["status"][i], out["error"][i] = ERROR, f"unexpected {type(e).__name__} while decoding: {e}"
+            pixels, index, seconds = frames or (np.zeros((0, self.size, self.size, 3), np.uint8), [], [])
+            out["pixels"][i] = pixels
+            out["frame_index"][i] = np.asarray(index, np.int64)
+            out["timestamp_s"][i] = np.asarray(seconds, np.float32)
+        return {**batch, **out}
+
+    def _decode_row(self, batch, i: int, out: dict) -> tuple | None:
+        uri, known = batch["media_uri"][i], text_or_none(batch["known_sha256"][i])
+        if batch["kind"][i] == "product":
+            data = read_media(uri, self.image_limits.max_bytes)
+            out["media_sha256"][i] = hashlib.sha256(data).hexdigest()
+            if out["media_sha256"][i] == known:
+                out["status"][i] = SKIPPED
+                return None
+            return decode_image(data, self.size, name=uri, limits=self.image_limits)[None], [0], [0.0]
+        with local_copy(uri, MAX_VIDEO_BYTES) as (path, sha256):
+            out["media_sha256"][i] = sha256
+            if sha256 == known:
+                out["status"][i] = SKIPPED
+                return None
+            sampled = sample_frames(path, FrameSampling.parse(batch["frames"][i]), self.size, self.video_limits)
+        out["note"][i] = "; ".join(sampled.notes) or None
+        return sampled.pixels, sampled.frame_index, sampled.timestamp_s

@@ -1,0 +1,201 @@
+"""Frame sampling from videos with OpenCV: which frames, decoded as little as possible.
+
+One sequential pass: `grab()` demuxes and decodes every frame (cheap), `retrieve()` converts only
+the frames wanted, and a long gap between wanted frames is crossed with a seek instead. The
+container's frame count is only a hint for planning: reads are counted, and the duration and the
+number of frames read are capped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoders.media import MediaError
+
+DEFAULT_SAMPLING = "uniform:8"
+_SPEC = re.compile(r"^(uniform):(\d+)$|^(fps):(\d+(?:\.\d+)?)$|^(scene)$")
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """`uniform:N` (N frames spread over the clip), `fps:R` (R a second) or `scene` (one a shot)."""
+
+    strategy: str
+    value: float = 0.0
+    max_frames: int = 32
+    max_duration_s: float = 900.0
+    seek_gap_frames: int = 250  # wanted frames further apart than this are reached by seeking
+    scene_threshold: float = 30.0  # mean absolute grey-level change (0-255) that marks a cut
+    scene_checks_per_s: float = 10.0  # how often scene detection compares frames
+
+    @classmethod
+    def parse(cls, text: str) -> FrameSampling:
+        match = _SPEC.match(text.strip().lower()) if isinstance(text, str) else None
+        if not match:
+            raise ValueError(f"frame sampling must be uniform:N, fps:R or scene, not {text!r}")
+        if match.group(1):
+            count = int(match.group(2))
+            if not 1 <= count <= cls.max_frames:
+                raise ValueError(f"uniform:N needs 1 <= N <= {cls.max_frames}, not {count}")
+            return cls("uniform", count)
+        if match.group(3):
+            rate = float(match.group(4))
+            if rate <= 0:
+                raise ValueError(f"fps:R needs R > 0, not {rate}")
+            return cls("fps", rate)
+        return cls("scene")
+
+    def __str__(self) -> str:
+        if self.strategy == "uniform":
+            return f"uniform:{int(self.value)}"
+        return f"fps:{self.value:g}" if self.strategy == "fps" else "scene"
+
+
+@dataclass
+class SampledFrames:
+    pixels: np.ndarray  # uint8 [F, size, size, 3] RGB
+    frame_index: np.ndarray  # int64 [F], position in the stream
+    timestamp_s: np.ndarray  # float32 [F]
+    notes: list[str] = field(default_factory=list)  # what was capped or cut short
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    max_pixels_per_frame: int = 7680 * 4320  # 8K
+
+
+def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLimits = VideoLimits()) -> SampledFrames:
+    """Samples frames from a local video file, each resized (shortest side) and centre-cropped
+    to `size`, RGB. Raises MediaError when the file yields no frame at all."""
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise MediaError("not a video OpenCV can open (unknown container or codec)")
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > limits.max_pixels_per_frame:
+            raise MediaError(f"video frames are {width}x{height}, over the {limits.max_pixels_per_frame / 1e6:.0f} MP limit")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if math.isfinite(fps) and 1 <= fps <= 1000 else None
+        claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        claimed = claimed if claimed > 0 else None
+        reader = _Reader(capture, fps or 25.0, max_frames_read=int(sampling.max_duration_s * (fps or 25.0)))
+        if sampling.strategy == "scene":
+            picked = _scene_frames(reader, sampling, size)
+        else:
+            picked = _planned_frames(reader, _plan(sampling, fps or 25.0, claimed, reader.max_frames_read), size, sampling)
+    finally:
+        capture.release()
+    notes = _notes(sampling, reader, claimed, fps, len(picked))
+    if not picked:
+        detail = f"; {notes[0]}" if notes else ""
+        raise MediaError(f"the video yielded no decodable frame{detail}")
+    indices, timestamps, pixels = zip(*picked)
+    return SampledFrames(np.stack(pixels), np.array(indices, np.int64), np.array(timestamps, np.float32), notes)
+
+
+class _Reader:
+    """Walks a capture forward, counting successful reads; knows where it is."""
+
+    def __init__(self, capture, fps: float, max_frames_read: int):
+        self.capture, self.fps, self.max_frames_read = capture, fps, max_frames_read
+        self.position = 0  # index of the next frame grab() returns
+        self.ended = False  # the stream stopped before we did
+        self.capped = False  # we stopped at max_frames_read
+
+    def advance_to(self, index: int, seek_gap: int) -> bool:
+        """Grabs frame `index` (seeking across long gaps); False when the stream has no such frame."""
+        import cv2
+
+        if index >= self.max_frames_read:
+            self.capped = True
+            return False
+        if index - self.position > seek_gap:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            self.position = index
+        while self.position <= index:
+            if not self.capture.grab():
+                self.ended = True
+                return False
+            self.position += 1
+        return True
+
+    def retrieve(self, size: int) -> np.ndarray | None:
+        ok, frame = self.capture.retrieve()
+        return to_model_pixels(frame, size) if ok and frame is not None else None
+
+    def timestamp(self, index: int) -> float:
+        return index / self.fps
+
+
+def _plan(sampling: FrameSampling, fps: float, claimed: int | None, max_read: int) -> list[int]:
+    """Frame indices to take for uniform and fps sampling (the stream may end before them)."""
+    length = min(claimed or max_read, max_read)
+    if sampling.strategy == "uniform":
+        return sorted({round(i) for i in np.linspace(0, length - 1, int(sampling.value))})
+    step = fps / sampling.value
+    return [round(k * step) for k in range(min(sampling.max_frames, math.ceil(length / step)))]
+
+
+def _planned_frames(reader: _Reader, wanted: list[int], size: int, sampling: FrameSampling) -> list[tuple]:
+    picked = []
+    for index in wanted:
+        if not reader.advance_to(index, seek_gap=sampling.seek_gap_frames):
+            break
+        pixels = reader.retrieve(size)
+        if pixels is not None:
+            picked.append((index, reader.timestamp(index), pixels))
+    return picked
+
+
+def _scene_frames(reader: _Reader, sampling: FrameSampling, size: int) -> list[tuple]:
+    """The first frame of every shot: a cut is a large change between two checked frames."""
+    import cv2
+
+    every = max(1, round(reader.fps / sampling.scene_checks_per_s))
+    picked, previous, index = [], None, 0
+    while len(picked) < sampling.max_frames and reader.advance_to(index, seek_gap=every):
+        ok, frame = reader.capture.retrieve()
+        if ok and frame is not None:
+            thumbnail = cv2.cvtColor(cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+            change = None if previous is None else float(np.abs(thumbnail.astype(np.int16) - previous).mean())
+            if change is None or change > sampling.scene_threshold:
+                picked.append((index, reader.timestamp(index), to_model_pixels(frame, size)))
+            previous = thumbnail.astype(np.int16)
+        index += every
+    return picked
+
+
+def _notes(sampling: FrameSampling, reader: _Reader, claimed: int | None, fps: float | None, picked: int) -> list[str]:
+    notes = []
+    if reader.ended and claimed and reader.position < claimed - 1:
+        notes.append(f"video ends after {reader.position} of the {claimed} frames its header claims (truncated?)")
+    if reader.capped:
+        notes.append(f"video is longer than {sampling.max_duration_s:g} s: sampled its first {sampling.max_duration_s:g} s")
+    if sampling.strategy == "uniform" and picked < sampling.value and picked:
+        notes.append(f"{picked} frames instead of the {int(sampling.value)} asked: the clip is that short")
+    if sampling.strategy != "uniform" and picked >= sampling.max_frames:
+        notes.append(f"capped at {sampling.max_frames} frames")
+    if fps is None:
+        notes.append("the video states no frame rate: timestamps assume 25 fps")
+    return notes
+
+
+def to_model_pixels(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """An OpenCV frame to uint8 [size, size, 3] RGB: shortest side to `size`, centre crop.
+    Resized first, so the colour conversion touches only the small image."""
+    import cv2
+
+    height, width = frame_bgr.shape[:2]
+    scale = size / min(width, height)
+    resized = cv2.resize(
+        frame_bgr, (max(size, round(width * scale)), max(size, round(height * scale))),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+    )
+    top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+    return cv2.cvtColor(resized[top : top + size, left : left + size], cv2.COLOR_BGR2RGB)
