@@ -58,6 +58,7 @@ def model_only_rates(folder: Path, count: int, model: str, pretrained: str, devi
     from encoders.clip import ClipEncoder, ClipSpec
     from encoders.media import decode_image
 
+    count = min(count, 1000)  # a rate: the first thousand items measure it as well as all of them
     encoder = ClipEncoder(ClipSpec(model, pretrained, device), num_threads=threads)
     pixels = np.stack([decode_image((folder / f"{n:05d}.jpg").read_bytes(), encoder.image_size) for n in range(count)])
     titles = [title(n) for n in range(count)]
