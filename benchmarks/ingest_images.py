@@ -1,6 +1,6 @@
 """End-to-end image ingest throughput against the model-only encode rate, in the same run.
 
-    python benchmarks/ingest_images.py [--images 2000] [--model ViT-B-32] [--device auto|cpu|cuda]
+    python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda]
 
 End to end: wall time of `pipelines.ingest.ingest` from the manifest to rows in LanceDB, Ray's
 start-up included, on 1024-pixel JPEGs made from package-shipped photos. Model only: the same
@@ -77,7 +77,7 @@ def model_only_rates(folder: Path, count: int, model: str, pretrained: str, devi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="random")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -1,11 +1,11 @@
-"""The ingest job: manifest → decode (CPU actors) → embed (actor pool) → one LanceDB writer."""
+"""The ingest job: manifest → decode (CPU tasks) → embed (actor pool) → one LanceDB writer."""
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -98,21 +98,9 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
     rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
-    pools = plan_pools(*cluster_resources(), device=config.device)
-    log.info("pools: %s", pools)
-    import ray.data
-
-    # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
-    block_rows = pools.embed.batch_size * 2
-    ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, max(rows.num_rows, 1), block_rows)])
-    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size)
-    ds = apply_stage(
-        ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
-        num_threads=pools.embed.threads,
-    )
     pending = _Pending(store, table, frames_table)
     last_write = time.monotonic()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+    for batch in _embedded_batches(rows, source.image_size, config):
         write = _tally(batch, previous, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
@@ -125,6 +113,25 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.items_per_s = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
     return summary
+
+
+def _embedded_batches(rows: pa.Table, image_size: int, config: IngestConfig):
+    """The Ray Data pipeline: batches of decoded and embedded rows, in no particular order."""
+    if rows.num_rows == 0:
+        return
+    import ray.data
+
+    pools = plan_pools(*cluster_resources(), device=config.device)
+    log.info("pools: %s", pools)
+    # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
+    block_rows = pools.embed.batch_size * 2
+    ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
+    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=image_size)
+    ds = apply_stage(
+        ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
+        num_threads=pools.embed.threads,
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
 
 def _tally(batch: dict[str, np.ndarray], previous: dict[str, tuple], summary: IngestSummary) -> np.ndarray:

@@ -162,3 +162,11 @@ def test_a_table_of_another_dimension_is_refused(tmp_path, media_dir):
     manifest = write_manifest(media_dir / "catalog.csv", [{"item_id": "p", "kind": "product", "image": "coffee.png"}])
     with pytest.raises(StoreError, match="fixed_size_list<item: float>\\[8\\] vectors, but this model makes 64-d ones"):
         ingest(config(manifest, db))
+
+
+def test_an_empty_manifest_is_an_empty_job(tmp_path, media_dir):
+    manifest = media_dir / "empty.csv"
+    manifest.write_text("item_id,kind,image\n")
+    summary = ingest(config(manifest, str(tmp_path / "db")))
+    assert (summary.items, summary.ok, summary.failed, summary.written) == (0, 0, 0, 0)
+    assert lancedb.connect(str(tmp_path / "db")).open_table(ITEMS).count_rows() == 0
