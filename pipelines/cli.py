@@ -26,12 +26,12 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return ManifestError, WeightsError, StoreError
 
 
-def run_job(job) -> None:
+def run_job(job, usage_errors: tuple[type[Exception], ...] = ()) -> None:
     """Runs `job() -> summary dict`, prints the summary and exits with the design's exit code."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="shoplens: %(message)s")
     try:
         summary = job()
-    except _usage_errors() as e:
+    except (*_usage_errors(), *usage_errors) as e:
         typer.echo(f"error: {e}", err=True)
         typer.echo(json.dumps({"error": str(e), "exit_code": EXIT_USAGE}))
         raise typer.Exit(EXIT_USAGE) from None
@@ -77,6 +77,47 @@ def ingest(
 
 
 @app.command()
+def search(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    text: str = typer.Option(None, "--text", help="Find items like this text."),
+    image: Path = typer.Option(None, "--image", help="Find items like this image file."),
+    item: str = typer.Option(None, "--item", help="Find items like this stored item."),
+    k: int = typer.Option(10, "-k", help="How many results."),
+    kind: str = typer.Option(None, help="Only this kind: product, video or live."),
+    category: str = typer.Option(None, help="Only this category."),
+    seller: str = typer.Option(None, help="Only this seller_id."),
+    max_risk: float = typer.Option(None, help="Only items scored at or below this risk (unscored items never pass)."),
+    include_blocked: bool = typer.Option(False, help="Also return items the policy blocked."),
+    field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
+    pretrained: str = typer.Option(None, help="Weights to embed the query [default: the table's own]."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
+) -> None:
+    """Search the items table by text, image or item, with filters."""
+    from pipelines.search import FIELDS, SearchError, SearchFilters, Searcher
+
+    if sum(q is not None for q in (text, image, item)) != 1:
+        _usage("give exactly one of --text, --image, --item")
+    if field not in FIELDS or (field == "title" and text is None):
+        _usage("--field is image or title, and title goes with --text")
+    filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked)
+
+    def job() -> dict:
+        searcher = Searcher(db, pretrained=pretrained, device=device)
+        if text is not None:
+            hits = searcher.by_text(text, k, filters, field)
+        elif image is not None:
+            hits = searcher.by_image(image, k, filters)
+        else:
+            hits = searcher.by_item(item, k, filters)
+        for rank, hit in enumerate(hits, 1):
+            typer.echo(f"{rank:>3}  {hit['score']:.4f}  {hit['item_id']:<24} {hit['kind']:<8} {hit['title'] or ''}")
+        return {"command": "search", "model": searcher.model, "count": len(hits)} | ({"results": hits} if as_json else {})
+
+    run_job(job, usage_errors=(SearchError,))
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("shoplens-demo"), help="Folder for the sample catalog and its database."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -87,15 +128,18 @@ def demo(
     run_job(lambda: run_demo(out, device))
 
 
+def _usage(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
 def _config(model_cls, **values):
     from pydantic import ValidationError
 
     try:
         return model_cls(**values)
     except ValidationError as e:
-        problems = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
-        typer.echo(f"error: {problems}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        _usage("; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors()))
 
 
 def main() -> None:

@@ -121,19 +121,16 @@ class ItemStore:
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
         has (it was re-sampled, or now fails) are deleted as the new ones are upserted."""
+        from lancedb.expr import col
+
         if item_ids:
             (
                 table.merge_insert(["item_id", "frame_index"])
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(f"item_id IN ({', '.join(map(sql_string, item_ids))})")
+                .when_not_matched_by_source_delete(col("item_id").isin(item_ids))  # typed: ids are never SQL
                 .execute(rows)
             )
-
-
-def sql_string(value: str) -> str:
-    """A quoted SQL string literal: LanceDB filters take raw SQL, so quotes are doubled."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:

@@ -1,0 +1,137 @@
+"""Vector search over the `items` table: by text, image or item, with metadata and safety filters.
+
+Queries are embedded with the table's own model, read from its `model` provenance; a query
+encoder that differs is refused. Filters are built with LanceDB's typed expressions, so no user
+text is ever pasted into SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from encoders.clip import ClipEncoder, ClipSpec
+from encoders.media import ImageLimits, MediaError, decode_image, read_media
+from encoders.weights import RANDOM, RANDOM_SEED
+from pipelines.store import ITEMS, ItemStore
+
+RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision")
+FIELDS = {"image": "vector", "title": "text_vector"}  # what a query is compared with
+
+
+class SearchError(ValueError):
+    """A query that cannot be answered as asked (a usage error: exit code 2)."""
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    kind: str | None = None
+    category: str | None = None
+    seller_id: str | None = None
+    max_risk: float | None = None  # unscored items (null risk) never pass: unscored is not safe
+    include_blocked: bool = False
+
+    def expression(self):
+        from lancedb.expr import col, lit
+
+        where = col("status") == lit("ok")
+        for name in ("kind", "category", "seller_id"):
+            if getattr(self, name) is not None:
+                where = where & (col(name) == lit(getattr(self, name)))
+        if self.max_risk is not None:
+            where = where & (col("risk") <= lit(float(self.max_risk)))
+        if not self.include_blocked:
+            where = where & (col("decision") != lit("block"))
+        return where
+
+
+class Searcher:
+    """Opens a database's `items` table once; answers many queries (a warm process)."""
+
+    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto"):
+        self.store = ItemStore(db)
+        try:
+            self.table = self.store.db.open_table(ITEMS)
+        except ValueError:
+            raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first") from None
+        self.model = table_model(self.table)
+        self.pretrained, self.device = pretrained, device
+        self._encoder: ClipEncoder | None = None
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        """The query encoder, loaded on first use and checked against the table's model."""
+        if self._encoder is None:
+            if self.model is None:
+                raise SearchError("the table holds no embedded item yet: nothing to search")
+            architecture, weights = query_weights(self.model, self.pretrained)
+            encoder = ClipEncoder(ClipSpec(architecture, weights, self.device))
+            if encoder.provenance != self.model:
+                raise SearchError(
+                    f"the table was embedded with {self.model}, but the query encoder is {encoder.provenance}: "
+                    "their vectors cannot be compared"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def by_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters(), field: str = "image") -> list[dict]:
+        if not text.strip():
+            raise SearchError("--text is empty")
+        return self.nearest(self.encoder.encode_texts([text])[0], k, filters, field)
+
+    def by_image(self, path: str | Path, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
+        try:
+            pixels = decode_image(read_media(str(path), ImageLimits().max_bytes), self.encoder.image_size, name=str(path))
+        except MediaError as e:
+            raise SearchError(f"--image {path}: {e}") from None
+        return self.nearest(self.encoder.encode_images(pixels[None])[0], k, filters)
+
+    def by_item(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
+        from lancedb.expr import col, lit
+
+        rows = self.table.search().where(col("item_id") == lit(item_id)).select(["vector", "status", "error"]).to_list()
+        if not rows:
+            raise SearchError(f"--item {item_id!r}: no such item")
+        if rows[0]["vector"] is None:
+            raise SearchError(f"--item {item_id!r} has no vector: it failed to ingest ({rows[0]['error']})")
+        hits = self.nearest(np.asarray(rows[0]["vector"], np.float32), k + 1, filters)
+        return [hit for hit in hits if hit["item_id"] != item_id][:k]
+
+    def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
+        if k < 1:
+            raise SearchError(f"-k must be at least 1, not {k}")
+        hits = (
+            self.table.search(np.asarray(vector, np.float32), vector_column_name=FIELDS[field])
+            .distance_type("cosine")
+            .where(filters.expression(), prefilter=True)
+            .select([*RESULT_COLUMNS, "_distance"])
+            .limit(k)
+            .to_list()
+        )
+        return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
+
+
+def table_model(table) -> str | None:
+    """The one model a table's embedded rows were made with; refuses a table of mixed models."""
+    from lancedb.expr import col, lit
+
+    models = set(table.search().where(col("status") == lit("ok")).select(["model"]).limit(None).to_arrow()["model"].to_pylist())
+    if len(models) > 1:
+        raise SearchError(f"the table mixes models {sorted(models)}: re-ingest it with one model before searching")
+    return next(iter(models), None)
+
+
+def query_weights(provenance: str, pretrained: str | None) -> tuple[str, str]:
+    """(architecture, --pretrained) to rebuild a table's model from its provenance string:
+    `open_clip/<arch>/<tag>`, `open_clip/<arch>/random-seed0`, or `.../sha256:...`, which needs
+    the user's checkpoint (`--pretrained PATH`), checked against the checksum by the caller."""
+    _, architecture, weights = provenance.split("/", 2)
+    if pretrained is not None:
+        return architecture, pretrained
+    if weights == f"{RANDOM}-seed{RANDOM_SEED}":
+        return architecture, RANDOM
+    if weights.startswith("sha256:") or architecture.startswith("local-dir:"):
+        raise SearchError(f"the table was embedded with local weights ({provenance}): pass them with --pretrained")
+    return architecture, weights

@@ -1,0 +1,143 @@
+"""Search over a real ingested table: results equal a numpy brute force, filters are safe."""
+
+import shutil
+
+import lancedb
+import numpy as np
+import pytest
+from conftest import MICRO, SAMPLE_PHOTOS, photo_bytes, sample_photo, write_manifest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.ingest import IngestConfig, ingest
+from pipelines.search import SearchError, SearchFilters, Searcher, query_weights
+from pipelines.store import ITEMS
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+CATEGORIES = ["posters", "kitchen", "posters", "o'reilly books", "kitchen", "posters"]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """Twelve products (six photos and a JPEG re-encoding of each) and one broken image."""
+    root = tmp_path_factory.mktemp("search")
+    rows = []
+    for n, name in enumerate(SAMPLE_PHOTOS):
+        shutil.copyfile(sample_photo(name), root / name)
+        (root / f"copy-{n}.jpg").write_bytes(photo_bytes(name))  # re-encoded as JPEG
+        for item_id, image in ((f"p{n}", name), (f"c{n}", f"copy-{n}.jpg")):
+            rows.append({"item_id": item_id, "kind": "product", "title": f"{CATEGORIES[n]} item {name}", "image": image,
+                         "category": CATEGORIES[n], "seller_id": f"s{n % 2}"})
+    (root / "broken.jpg").write_bytes(b"not an image")
+    rows.append({"item_id": "broken", "kind": "product", "image": "broken.jpg", "category": "posters"})
+    path = str(root / "db")
+    ingest(IngestConfig(manifest=write_manifest(root / "m.csv", rows), db=path, model=MICRO.model,
+                        pretrained=MICRO.pretrained, device="cpu"))
+    return path
+
+
+def brute_force(db, query: np.ndarray, k: int, keep=lambda row: True, field="vector") -> dict[str, float]:
+    """The top-k item ids and cosine scores, by numpy over every row the filter keeps."""
+    rows = [r for r in lancedb.connect(db).open_table(ITEMS).to_arrow().to_pylist() if r["status"] == "ok" and keep(r)]
+    scores = np.array([r[field] for r in rows]) @ query
+    return {rows[i]["item_id"]: float(scores[i]) for i in np.argsort(-scores)[:k]}
+
+
+def assert_same_results(hits: list[dict], expected: dict[str, float]) -> None:
+    """Same scores rank by rank; the same ids, up to the order of exact ties."""
+    np.testing.assert_allclose([h["score"] for h in hits], sorted(expected.values(), reverse=True), atol=1e-5)
+    for hit in hits:
+        assert hit["item_id"] in expected or np.isclose(hit["score"], min(expected.values()), atol=1e-5)
+
+
+def test_text_search_equals_numpy_brute_force(db, micro_encoder):
+    searcher = Searcher(db, device="cpu")
+    query = micro_encoder.encode_texts(["a ceramic cup"])[0]
+    hits = searcher.by_text("a ceramic cup", k=5)
+    assert_same_results(hits, brute_force(db, query, 5))
+    assert all(-1 <= h["score"] <= 1 for h in hits)
+    title_hits = searcher.by_text("a ceramic cup", k=5, field="title")
+    assert_same_results(title_hits, brute_force(db, query, 5, field="text_vector"))
+
+
+def test_filters_equal_brute_force_with_the_same_filters(db, micro_encoder):
+    searcher = Searcher(db, device="cpu")
+    query = micro_encoder.encode_texts(["poster"])[0]
+    hits = searcher.by_text("poster", k=4, filters=SearchFilters(category="posters", seller_id="s0"))
+    assert_same_results(hits, brute_force(db, query, 4, lambda r: r["category"] == "posters" and r["seller_id"] == "s0"))
+    assert {h["category"] for h in hits} == {"posters"}
+
+
+def test_item_search_finds_the_re_encoded_copy_first(db):
+    searcher = Searcher(db, device="cpu")
+    for n in range(len(SAMPLE_PHOTOS)):
+        hits = searcher.by_item(f"p{n}", k=3)
+        assert hits[0]["item_id"] == f"c{n}" and f"p{n}" not in [h["item_id"] for h in hits]
+
+
+def test_image_search(db):
+    hits = Searcher(db, device="cpu").by_image(sample_photo("chelsea.png"), k=2)
+    assert {h["item_id"] for h in hits} == {"p2", "c2"}
+
+
+@pytest.mark.parametrize("evil", ["posters' OR '1'='1", "posters\" OR 1=1 --", "x'; DROP TABLE items; --", "o'reilly books"])
+def test_injection_strings_match_nothing_extra(db, evil):
+    hits = Searcher(db, device="cpu").by_text("anything", k=20, filters=SearchFilters(category=evil))
+    assert {h["category"] for h in hits} <= {evil}
+    assert len(hits) == (2 if evil == "o'reilly books" else 0)  # a real quote in a real category still works
+    assert lancedb.connect(db).open_table(ITEMS).count_rows() == 13
+
+
+def test_unscored_items_never_pass_a_max_risk_filter(db):
+    # Nothing is scored yet (no safety signals): a "safe enough" filter must return nothing.
+    assert Searcher(db, device="cpu").by_text("cup", k=5, filters=SearchFilters(max_risk=1.0)) == []
+
+
+def test_unknown_and_failed_items_are_clear_errors(db):
+    searcher = Searcher(db, device="cpu")
+    with pytest.raises(SearchError, match="no such item"):
+        searcher.by_item("nope' OR '1'='1")
+    with pytest.raises(SearchError, match="failed to ingest"):
+        searcher.by_item("broken")
+
+
+def test_model_mismatch_is_refused(db, tmp_path, micro_encoder):
+    from safetensors.torch import save_file
+
+    # The same architecture with other weights: it loads, and its vectors mean something else.
+    other = {k: (v + 0.01).contiguous() for k, v in micro_encoder.model.state_dict().items()}
+    save_file(other, str(tmp_path / "other.safetensors"))
+    searcher = Searcher(db, pretrained=str(tmp_path / "other.safetensors"), device="cpu")
+    with pytest.raises(SearchError, match="cannot be compared"):
+        searcher.by_text("cup")
+
+
+def test_provenance_gives_back_the_weights():
+    assert query_weights("open_clip/ViT-B-32/laion2b_s34b_b79k", None) == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert query_weights("open_clip/shoplens-micro/random-seed0", None) == ("shoplens-micro", "random")
+    with pytest.raises(SearchError, match="pass them with --pretrained"):
+        query_weights("open_clip/ViT-B-32/sha256:0123456789abcdef", None)
+
+
+def test_empty_table_and_missing_table(tmp_path, media_dir):
+    with pytest.raises(SearchError, match="no 'items' table"):
+        Searcher(str(tmp_path / "nothing"))
+    manifest = write_manifest(media_dir / "m.csv", [{"item_id": "x", "kind": "product", "image": "missing.jpg"}])
+    db = str(tmp_path / "db")
+    ingest(IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu"))
+    with pytest.raises(SearchError, match="holds no embedded item"):
+        Searcher(db).by_text("cup")
+
+
+def test_search_cli_json(db):
+    import json
+
+    result = CliRunner().invoke(app, ["search", "--db", db, "--item", "p1", "-k", "3", "--category", "kitchen", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["count"] == 3 and {r["category"] for r in summary["results"]} == {"kitchen"}
+    assert summary["results"][0]["item_id"] == "c1"
+    bad = CliRunner().invoke(app, ["search", "--db", db, "--text", "a", "--item", "p1"])
+    assert bad.exit_code == 2 and "exactly one of" in bad.output
+    unknown = CliRunner().invoke(app, ["search", "--db", db, "--item", "nope", "--device", "cpu"])
+    assert unknown.exit_code == 2 and "no such item" in unknown.output
