@@ -87,12 +87,15 @@ def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLi
         fps = fps if math.isfinite(fps) and 1 <= fps <= 1000 else None
         claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         claimed = claimed if claimed > 0 else None
-        reader = _Reader(capture, fps or 25.0, max_frames_read=int(sampling.max_duration_s * (fps or 25.0)))
+        max_read = int(sampling.max_duration_s * (fps or 25.0))
+        reader = _Reader(capture, fps or 25.0, max_frames_read=max_read, seekable=claimed is not None)
         reader.capped = claimed is not None and claimed > reader.max_frames_read
         if sampling.strategy == "scene":
             picked = _scene_frames(reader, sampling, size)
         else:
-            picked = _planned_frames(reader, _plan(sampling, fps or 25.0, claimed, reader.max_frames_read), size, sampling)
+            # Spreading frames needs the length: a container that does not state it is counted.
+            length = claimed or (_count_frames(path, reader.max_frames_read) if sampling.strategy == "uniform" else None)
+            picked = _planned_frames(reader, _plan(sampling, fps or 25.0, length, reader.max_frames_read), size, sampling)
     finally:
         capture.release()
     notes = _notes(sampling, reader, claimed, fps, len(picked))
@@ -106,8 +109,9 @@ def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLi
 class _Reader:
     """Walks a capture forward, counting successful reads; knows where it is."""
 
-    def __init__(self, capture, fps: float, max_frames_read: int):
+    def __init__(self, capture, fps: float, max_frames_read: int, seekable: bool):
         self.capture, self.fps, self.max_frames_read = capture, fps, max_frames_read
+        self.seekable = seekable  # a stream without a frame count has no index to seek by
         self.position = 0  # index of the next frame grab() returns
         self.ended = False  # the stream stopped before we did
         self.capped = False  # we stopped at max_frames_read
@@ -119,9 +123,13 @@ class _Reader:
         if index >= self.max_frames_read:
             self.capped = True
             return False
-        if index - self.position > seek_gap:
+        if self.seekable and index - self.position > seek_gap:
             self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-            self.position = index
+            # Trust where the capture says it is, not where it was asked to go: some containers
+            # cannot seek and stay put.
+            self.position = int(self.capture.get(cv2.CAP_PROP_POS_FRAMES))
+        if self.position > index:
+            return False
         while self.position <= index:
             if not self.capture.grab():
                 self.ended = True
@@ -137,20 +145,34 @@ class _Reader:
         return index / self.fps
 
 
-def _plan(sampling: FrameSampling, fps: float, claimed: int | None, max_read: int) -> list[int]:
-    """Frame indices to take for uniform and fps sampling (the stream may end before them)."""
-    length = min(claimed or max_read, max_read)
+def _count_frames(path: str, max_read: int) -> int:
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    count = 0
+    while count < max_read and capture.grab():
+        count += 1
+    capture.release()
+    return max(count, 1)
+
+
+def _plan(sampling: FrameSampling, fps: float, length: int | None, max_read: int) -> list[int]:
+    """Frame indices to take for uniform and fps sampling (the stream may end before them).
+    Distinct and increasing: asking for more frames a second than the clip has gives each once."""
+    length = min(length or max_read, max_read)
     if sampling.strategy == "uniform":
         return sorted({round(i) for i in np.linspace(0, length - 1, int(sampling.value))})
     step = fps / sampling.value
-    return [round(k * step) for k in range(min(sampling.max_frames, math.ceil(length / step)))]
+    return sorted({round(k * step) for k in range(math.ceil(length / step))})[: sampling.max_frames]
 
 
 def _planned_frames(reader: _Reader, wanted: list[int], size: int, sampling: FrameSampling) -> list[tuple]:
     picked = []
     for index in wanted:
         if not reader.advance_to(index, seek_gap=sampling.seek_gap_frames):
-            break
+            if reader.ended or reader.capped:
+                break
+            continue  # a seek overshot this frame
         pixels = reader.retrieve(size)
         if pixels is not None:
             picked.append((index, reader.timestamp(index), pixels))
@@ -185,6 +207,8 @@ def _notes(sampling: FrameSampling, reader: _Reader, claimed: int | None, fps: f
         notes.append(f"{picked} frames instead of the {int(sampling.value)} asked: the clip is that short")
     if sampling.strategy != "uniform" and picked >= sampling.max_frames:
         notes.append(f"capped at {sampling.max_frames} frames")
+    if sampling.strategy == "fps" and fps is not None and sampling.value > fps:
+        notes.append(f"the clip has only {fps:g} frames a second: took each once")
     if fps is None:
         notes.append("the video states no frame rate: timestamps assume 25 fps")
     return notes

@@ -21,9 +21,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 def _usage_errors() -> tuple[type[Exception], ...]:
     from encoders.weights import WeightsError
     from pipelines.manifest import ManifestError
+    from pipelines.ray_data import ClusterError
     from pipelines.store import StoreError
 
-    return ManifestError, WeightsError, StoreError
+    return ManifestError, WeightsError, StoreError, ClusterError
 
 
 def run_job(job, usage_errors: tuple[type[Exception], ...] = ()) -> None:
@@ -32,9 +33,7 @@ def run_job(job, usage_errors: tuple[type[Exception], ...] = ()) -> None:
     try:
         summary = job()
     except (*_usage_errors(), *usage_errors) as e:
-        typer.echo(f"error: {e}", err=True)
-        typer.echo(json.dumps({"error": str(e), "exit_code": EXIT_USAGE}))
-        raise typer.Exit(EXIT_USAGE) from None
+        _usage(str(e))
     except Exception as e:  # the job itself failed: say so in one line, keep the trace on stderr
         logging.getLogger("shoplens").exception("job failed")
         typer.echo(json.dumps({"error": f"{type(e).__name__}: {e}", "exit_code": EXIT_FAILED}))
@@ -130,6 +129,7 @@ def demo(
 
 def _usage(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
+    typer.echo(json.dumps({"error": message, "exit_code": EXIT_USAGE}))
     raise typer.Exit(EXIT_USAGE)
 
 

@@ -21,7 +21,7 @@ from encoders.video import DEFAULT_SAMPLING, FrameSampling
 from encoders.weights import resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
-from pipelines.store import VIDEO_KINDS, ItemStore, frame_rows, item_rows
+from pipelines.store import ItemStore, frame_rows, item_rows
 
 log = logging.getLogger(__name__)
 MAX_ERRORS_SHOWN = 20
@@ -166,10 +166,9 @@ class _Pending:
         if not self.rows:
             return 0
         items = pa.concat_tables(self.item_rows)
-        video_ids = [i for i, kind in zip(items["item_id"].to_pylist(), items["kind"].to_pylist()) if kind in VIDEO_KINDS]
         # Frames first: a crash between the two commits then leaves items that a re-run redoes,
         # never an item marked done whose frames are missing.
-        self.store.replace_frames(self.frames, video_ids, pa.concat_tables(self.frame_rows))
+        self.store.replace_frames(self.frames, items["item_id"].to_pylist(), pa.concat_tables(self.frame_rows))
         self.store.upsert(self.items, items)
         written, self.rows = self.rows, 0
         self.item_rows.clear()

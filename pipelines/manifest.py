@@ -135,8 +135,12 @@ def resolve_media(ref: str, root: Path) -> str:
     parsed = urlparse(ref)
     scheme = parsed.scheme.lower()
     if scheme in REMOTE_SCHEMES:
+        if not ref.lower().startswith(f"{scheme}://") or not parsed.netloc:
+            raise ManifestError(f"{ref!r} is not a {scheme}://bucket/key URI")
         return ref
     if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ManifestError(f"{ref!r} names another host ({parsed.netloc}): file:// URIs must be local")
         local = Path(unquote(parsed.path))
     elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise ManifestError(f"scheme {scheme + '://'!r} is not allowed: use a local path, file://, s3:// or gs://")

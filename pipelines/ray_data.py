@@ -7,6 +7,10 @@ import math
 from dataclasses import dataclass
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot run the job as configured (a configuration error: exit code 2)."""
+
+
 @dataclass(frozen=True)
 class StagePool:
     """How many actors run a stage, what each reserves, and how many rows each call gets."""
@@ -35,6 +39,8 @@ def plan_pools(cpus: float, gpus: float, device: str) -> PoolPlan:
     On CPUs only, the model is the bottleneck: it gets the cores but a half one, and decoding
     (a few percent of the work) runs in that half and in the gaps between model calls.
     """
+    if device == "cuda" and gpus < 1:
+        raise ClusterError("--device cuda was asked for, but the Ray cluster has no GPU")
     if device != "cpu" and gpus >= 1:
         embed = StagePool(size=int(gpus), num_cpus=1, num_gpus=1, batch_size=512)
         decode_cpus = max(1.0, cpus - embed.size)

@@ -120,17 +120,20 @@ class ItemStore:
 
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
-        has (it was re-sampled, or now fails) are deleted as the new ones are upserted."""
+        has (it was re-sampled, now fails, or is no longer a video) are deleted as the new ones
+        are upserted. Writes nothing, and makes no table version, when there is nothing to do."""
         from lancedb.expr import col
 
-        if item_ids:
-            (
-                table.merge_insert(["item_id", "frame_index"])
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(col("item_id").isin(item_ids))  # typed: ids are never SQL
-                .execute(rows)
-            )
+        of_these = col("item_id").isin(item_ids)  # typed: item ids never become SQL text
+        if not item_ids or (rows.num_rows == 0 and not table.search().where(of_these).select(["item_id"]).limit(1).to_list()):
+            return
+        (
+            table.merge_insert(["item_id", "frame_index"])
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(of_these)
+            .execute(rows)
+        )
 
 
 def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:

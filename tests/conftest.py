@@ -146,6 +146,16 @@ def write_video(path: Path, colours: list[tuple[int, int, int]], fps: float = 25
     return path
 
 
+def mjpeg_stream(path: Path, levels: list[int], size=(64, 48)) -> Path:
+    """A raw MJPEG stream (JPEGs back to back): no container, no frame count, no index to seek in."""
+    import cv2
+
+    with path.open("wb") as out:
+        for level in levels:
+            out.write(cv2.imencode(".jpg", np.full((size[1], size[0], 3), level, np.uint8))[1].tobytes())
+    return path
+
+
 SHOTS = [(0, (200, 40, 40)), (20, (40, 200, 40)), (45, (40, 40, 200)), (70, (220, 220, 220))]  # (first frame, BGR)
 
 

@@ -2,7 +2,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import SHOTS, sample_video, shots_video, write_video
+from conftest import SHOTS, mjpeg_stream, sample_video, shots_video, write_video
 
 from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK, SKIPPED, MediaError
@@ -55,6 +55,24 @@ def test_fps_sampling():
     np.testing.assert_allclose(frames.timestamp_s, np.arange(10), atol=1e-6)  # a 10 s clip
     frames = sample_frames(str(sample_video("bikes.mp4")), FrameSampling.parse("fps:25"), SIZE)
     assert len(frames.frame_index) == FrameSampling.max_frames and "capped at 32 frames" in frames.notes
+
+
+def test_fps_above_the_clips_own_rate_takes_each_frame_once():
+    frames = sample_frames(str(sample_video("bikes.mp4")), FrameSampling.parse("fps:30"), SIZE)
+    assert list(frames.frame_index) == list(range(32))  # 25 fps: every frame, once, up to the cap
+    assert "the clip has only 25 frames a second: took each once" in frames.notes
+
+
+def test_a_stream_without_frame_count_or_index(tmp_path):
+    levels = [i * 4 for i in range(60)]
+    path = mjpeg_stream(tmp_path / "raw.mjpeg", levels)
+    frames = sample_frames(str(path), FrameSampling.parse("uniform:8"), 32)
+    assert list(frames.frame_index) == [0, 8, 17, 25, 34, 42, 51, 59]  # spread over the 60 frames counted
+    np.testing.assert_allclose(frames.timestamp_s, frames.frame_index / 25)
+    # The pixels are the frames the indices name (each frame's grey level is 4 x its index).
+    np.testing.assert_allclose([p.mean() for p in frames.pixels], [levels[i] for i in frames.frame_index], atol=3)
+    seeking = sample_frames(str(path), FrameSampling("uniform", 3, seek_gap_frames=5), 32)
+    np.testing.assert_allclose([p.mean() for p in seeking.pixels], [levels[i] for i in seeking.frame_index], atol=3)
 
 
 def test_scene_finds_the_cuts_of_a_generated_video(tmp_path):

@@ -77,6 +77,7 @@ def test_exit_code_3_when_some_items_failed(tmp_path, media_dir):
     "args, message",
     [
         (["ingest", "{manifest}", "--db", "{db}", "--device", "tpu"], "--device"),
+        (["ingest", "{manifest}", "--db", "{db}", "--frames", "every:3"], "--frames"),
         (["ingest", "{manifest}", "--db", "{db}", "--model", "ViT-Nope", "--pretrained", "random"], "unknown OpenCLIP architecture"),
         (["ingest", "{tmp}/no-kind.csv", "--db", "{db}", *MICRO_FLAGS], "missing required column"),
         (["ingest", "{manifest}"], "--db"),
@@ -89,3 +90,5 @@ def test_usage_errors_exit_2(tmp_path, media_dir, args, message):
     result = CliRunner().invoke(app, [a.format(**values) for a in args])
     assert result.exit_code == 2
     assert message in result.output
+    if "--db" in args:  # click's own usage errors aside, stdout ends with the JSON line
+        assert last_json(result.stdout)["exit_code"] == 2

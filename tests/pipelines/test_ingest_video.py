@@ -139,3 +139,7 @@ def test_resampling_replaces_a_videos_frames(tmp_path):
     assert (summary.written, summary.skipped) == (1, 1)
     assert [r["frame_index"] for r in after["bikes"]] == [0, 124, 249]  # the 8 old frames are gone
     assert after["phone"] == before["phone"]
+    shutil.copyfile(sample_photo("coffee.png"), tmp_path / "phone.png")
+    manifest.write_text("item_id,kind,video,image\nbikes,video,bikes.mp4,\nphone,product,,phone.png\n")
+    ingest(config(manifest, db, frames="uniform:3"))
+    assert set(frames_of(db)) == {"bikes"}  # no longer a video: its frames went with it

@@ -58,6 +58,9 @@ def test_row_problems_are_row_errors(tmp_path, media_dir):
         {"item_id": "http", "kind": "product", "image": "https://example.com/a.jpg"},
         {"item_id": "fileuri", "kind": "product", "image": (media_dir / "coffee.png").as_uri()},
         {"item_id": "s3", "kind": "product", "image": "s3://bucket/a.jpg"},
+        {"item_id": "s3-relative", "kind": "product", "image": "s3:../secret.jpg"},
+        {"item_id": "gs-no-bucket", "kind": "product", "image": "gs:/etc/passwd"},
+        {"item_id": "other-host", "kind": "product", "image": "file://evil.example/" + str(media_dir / "coffee.png")},
         {"item_id": "noimage", "kind": "product", "image": ""},
         {"item_id": "novideo", "kind": "video", "image": "coffee.png"},
         {"item_id": "badkind", "kind": "service", "image": "coffee.png"},
@@ -69,6 +72,9 @@ def test_row_problems_are_row_errors(tmp_path, media_dir):
     assert "scheme 'https://' is not allowed" in got["http"]["error"]
     assert got["fileuri"]["status"] == "ok" and got["fileuri"]["media_uri"] == str(media_dir / "coffee.png")
     assert got["s3"]["status"] == "ok" and got["s3"]["media_uri"] == "s3://bucket/a.jpg"
+    assert got["s3-relative"]["error"] == "'s3:../secret.jpg' is not a s3://bucket/key URI"
+    assert got["gs-no-bucket"]["error"] == "'gs:/etc/passwd' is not a gs://bucket/key URI"
+    assert "names another host (evil.example)" in got["other-host"]["error"]
     assert got["noimage"]["error"] == "a product needs a media path in its 'image' column"
     assert got["novideo"]["error"] == "a video needs a media path in its 'video' column"
     assert got["badkind"]["error"] == "kind must be one of product, video, live, not 'service'"

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipelines.ray_data import plan_pools
+from pipelines.ray_data import ClusterError, plan_pools
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4, 16, 64])
@@ -27,3 +27,8 @@ def test_gpu_plan_one_embed_actor_per_gpu_and_the_other_cores_decode():
 
 def test_cpu_device_ignores_gpus():
     assert plan_pools(16, 2, "cpu").embed.num_gpus == 0
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_configuration_error():
+    with pytest.raises(ClusterError, match="no GPU"):
+        plan_pools(2, 0, "cuda")
