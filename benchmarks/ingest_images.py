@@ -85,7 +85,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from pipelines.ingest import IngestConfig, ingest
-    from pipelines.ray_data import plan_pools
+    from pipelines.ray_data import cluster_resources, plan_pools
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -104,8 +104,7 @@ def main() -> None:
 
         import ray
 
-        cpus, gpus = ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0)
-        pools = plan_pools(cpus, gpus, args.device)
+        pools = plan_pools(*cluster_resources(), device=args.device)
         ray.shutdown()  # free the cores the pipeline's actors held
         device = "cuda" if pools.embed.num_gpus else "cpu"
         model_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,

@@ -32,13 +32,15 @@ class PoolPlan:
     embed: StagePool
 
 
-def plan_pools(cpus: float, gpus: float, device: str) -> PoolPlan:
-    """Shares a cluster between decode actors and embed actors.
+def plan_pools(node_cpus: list[float], gpus: float, device: str) -> PoolPlan:
+    """Shares a cluster's cores (`node_cpus`, one entry per node) between decoding and embedding.
 
     On GPUs, one embed actor per GPU with one core to feed it, and every other core decodes.
-    On CPUs only, the model is the bottleneck: it gets the cores but a half one, and decoding
-    (a few percent of the work) runs in that half and in the gaps between model calls.
+    On CPUs only, the model is the bottleneck: it gets the cores but a sixteenth (half a core at
+    least), in actors of up to 8 cores that each fit on one node, and decoding (a few percent of
+    the work) runs in what is left and in the gaps between model calls.
     """
+    cpus = sum(node_cpus)
     if device == "cuda" and gpus < 1:
         raise ClusterError("--device cuda was asked for, but the Ray cluster has no GPU")
     if device != "cpu" and gpus >= 1:
@@ -46,12 +48,14 @@ def plan_pools(cpus: float, gpus: float, device: str) -> PoolPlan:
         decode_cpus = max(1.0, cpus - embed.size)
         return PoolPlan(StagePool(size=int(decode_cpus), num_cpus=1, batch_size=64), embed)
     decode_cpus = max(0.5, cpus / 16)
-    embed_actors = max(1, int((cpus - decode_cpus) // 8))  # big nodes: several 8-core actors
     decode_actors = math.ceil(decode_cpus)
-    return PoolPlan(
-        decode=StagePool(size=decode_actors, num_cpus=decode_cpus / decode_actors, batch_size=16),
-        embed=StagePool(size=embed_actors, num_cpus=(cpus - decode_cpus) / embed_actors, batch_size=32),
-    )
+    decode = StagePool(size=decode_actors, num_cpus=decode_cpus / decode_actors, batch_size=16)
+    if len(node_cpus) == 1:  # one node: its cores split evenly between model actors
+        actors = max(1, int((cpus - decode_cpus) // 8))
+        return PoolPlan(decode, StagePool(size=actors, num_cpus=(cpus - decode_cpus) / actors, batch_size=32))
+    per_actor = min(8.0, max(node_cpus))
+    actors = max(1, int((cpus - decode_cpus) // per_actor))
+    return PoolPlan(decode, StagePool(size=actors, num_cpus=per_actor, batch_size=32))
 
 
 def apply_stage(ds, stage_cls, pool: StagePool, *, stateless: bool = False, **constructor_kwargs):
@@ -100,8 +104,9 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def cluster_resources() -> tuple[float, float]:
+def cluster_resources() -> tuple[list[float], float]:
+    """(CPUs of each live node, GPUs in all)."""
     import ray
 
-    resources = ray.cluster_resources()
-    return resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return [node.get("CPU", 0.0) for node in nodes if node.get("CPU")] or [1.0], sum(n.get("GPU", 0.0) for n in nodes)

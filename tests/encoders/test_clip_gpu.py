@@ -1,0 +1,23 @@
+"""The GPU path (fp16, uint8 batches normalised on the device) against the CPU path.
+Deselected by default; run with `pytest -m gpu` on a CUDA host."""
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_PHOTOS, sample_photo
+
+from encoders.clip import ClipEncoder, ClipSpec
+from encoders.media import decode_image
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("model", ["shoplens-micro", "ViT-B-32"])
+def test_fp16_gpu_vectors_match_the_cpu_path(model):
+    cpu = ClipEncoder(ClipSpec(model, "random", "cpu"))
+    gpu = ClipEncoder(ClipSpec(model, "random", "cuda"))
+    assert gpu.device == "cuda" and str(next(gpu.model.parameters()).dtype) == "torch.float16"
+    pixels = np.stack([decode_image(sample_photo(n).read_bytes(), cpu.image_size) for n in SAMPLE_PHOTOS])
+    cosine = (cpu.encode_images(pixels) * gpu.encode_images(pixels)).sum(axis=1)
+    assert cosine.min() >= 0.99, cosine
+    titles = ["red running shoe", "ceramic coffee cup", "a very long title " * 10]
+    assert (cpu.encode_texts(titles) * gpu.encode_texts(titles)).sum(axis=1).min() >= 0.99
