@@ -81,6 +81,7 @@ def search(
     text: str = typer.Option(None, "--text", help="Find items like this text."),
     image: Path = typer.Option(None, "--image", help="Find items like this image file."),
     item: str = typer.Option(None, "--item", help="Find items like this stored item."),
+    video: str = typer.Option(None, "--video", help="Find the items seen in this stored video (shop the video)."),
     k: int = typer.Option(10, "-k", help="How many results."),
     kind: str = typer.Option(None, help="Only this kind: product, video or live."),
     category: str = typer.Option(None, help="Only this category."),
@@ -93,10 +94,12 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
 ) -> None:
     """Search the items table by text, image or item, with filters."""
+    from dataclasses import replace
+
     from pipelines.search import FIELDS, SearchError, SearchFilters, Searcher
 
-    if sum(q is not None for q in (text, image, item)) != 1:
-        _usage("give exactly one of --text, --image, --item")
+    if sum(q is not None for q in (text, image, item, video)) != 1:
+        _usage("give exactly one of --text, --image, --item, --video")
     if field not in FIELDS or (field == "title" and text is None):
         _usage("--field is image or title, and title goes with --text")
     filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked)
@@ -107,10 +110,13 @@ def search(
             hits = searcher.by_text(text, k, filters, field)
         elif image is not None:
             hits = searcher.by_image(image, k, filters)
-        else:
+        elif item is not None:
             hits = searcher.by_item(item, k, filters)
+        else:
+            hits = searcher.by_video(video, k, replace(filters, kind=filters.kind or "product"))
         for rank, hit in enumerate(hits, 1):
-            typer.echo(f"{rank:>3}  {hit['score']:.4f}  {hit['item_id']:<24} {hit['kind']:<8} {hit['title'] or ''}")
+            at = f"  at {hit['timestamp_s']:.1f} s" if "timestamp_s" in hit else ""
+            typer.echo(f"{rank:>3}  {hit['score']:.4f}  {hit['item_id']:<24} {hit['kind']:<8} {hit['title'] or ''}{at}")
         return {"command": "search", "model": searcher.model, "count": len(hits)} | ({"results": hits} if as_json else {})
 
     run_job(job, usage_errors=(SearchError,))

@@ -1,4 +1,4 @@
-"""Vector search over the `items` table: by text, image or item, with metadata and safety filters.
+"""Vector search over the `items` table: by text, image, item or video, with metadata and safety filters.
 
 Queries are embedded with the table's own model, read from its `model` provenance; a query
 encoder that differs is refused. Filters are built with LanceDB's typed expressions, so no user
@@ -15,7 +15,7 @@ import numpy as np
 from encoders.clip import ClipEncoder, ClipSpec
 from encoders.media import ImageLimits, MediaError, decode_image, read_media
 from encoders.weights import RANDOM, RANDOM_SEED
-from pipelines.store import ITEMS, ItemStore
+from pipelines.store import FRAMES, ITEMS, ItemStore
 
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision")
 FIELDS = {"image": "vector", "title": "text_vector"}  # what a query is compared with
@@ -98,6 +98,26 @@ class Searcher:
             raise SearchError(f"--item {item_id!r} has no vector: it failed to ingest ({rows[0]['error']})")
         hits = self.nearest(np.asarray(rows[0]["vector"], np.float32), k + 1, filters)
         return [hit for hit in hits if hit["item_id"] != item_id][:k]
+
+    def by_video(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters(kind="product")) -> list[dict]:
+        """Shop the video: the items nearest to any of a video's frames, each with the time
+        (`timestamp_s`) of the frame it matched best."""
+        from lancedb.expr import col, lit
+
+        try:
+            frames_table = self.store.db.open_table(FRAMES)
+        except ValueError:
+            frames_table = None
+        where = col("item_id") == lit(item_id)
+        frames = frames_table.search().where(where).select(["vector", "timestamp_s"]).limit(None).to_list() if frames_table else []
+        if not frames:
+            raise SearchError(f"--video {item_id!r}: no sampled frames (not an ingested video or live segment)")
+        best: dict[str, dict] = {}
+        for frame in frames:
+            for hit in self.nearest(np.asarray(frame["vector"], np.float32), k + 1, filters):
+                if hit["item_id"] != item_id and hit["score"] > best.get(hit["item_id"], {"score": -2.0})["score"]:
+                    best[hit["item_id"]] = {**hit, "timestamp_s": round(float(frame["timestamp_s"]), 3)}
+        return sorted(best.values(), key=lambda hit: -hit["score"])[:k]
 
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
         if k < 1:

@@ -141,3 +141,33 @@ def test_search_cli_json(db):
     assert bad.exit_code == 2 and "exactly one of" in bad.output
     unknown = CliRunner().invoke(app, ["search", "--db", db, "--item", "nope", "--device", "cpu"])
     assert unknown.exit_code == 2 and "no such item" in unknown.output
+
+
+def test_shop_the_video_finds_the_product_shown_and_when(tmp_path):
+    import cv2
+    from PIL import Image
+
+    def square(name, side=128):  # the photo's centre square, as the decoder crops it
+        image = Image.open(sample_photo(name)).convert("RGB")
+        edge = min(image.size)
+        left, top = (image.width - edge) // 2, (image.height - edge) // 2
+        return cv2.cvtColor(np.asarray(image.crop((left, top, left + edge, top + edge)).resize((side, side))), cv2.COLOR_RGB2BGR)
+
+    noise = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(tmp_path / "haul.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (128, 128))
+    for n in range(125):  # 5 s; the cup is on screen from 2.0 s to 3.0 s
+        writer.write(square("coffee.png") if 50 <= n < 75 else noise.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    writer.release()
+    rows = [{"item_id": "haul", "kind": "video", "video": "haul.avi", "frames": "fps:5"}]
+    for name in SAMPLE_PHOTOS:
+        shutil.copyfile(sample_photo(name), tmp_path / name)
+        rows.append({"item_id": name.split(".")[0], "kind": "product", "image": name})
+    db = str(tmp_path / "db")
+    ingest(IngestConfig(manifest=write_manifest(tmp_path / "m.csv", rows), db=db, model=MICRO.model,
+                        pretrained=MICRO.pretrained, device="cpu"))
+
+    hits = Searcher(db, device="cpu").by_video("haul", k=3)
+    assert hits[0]["item_id"] == "coffee" and 2.0 <= hits[0]["timestamp_s"] < 3.0
+    assert hits[0]["score"] > 0.99 and all(h["kind"] == "product" for h in hits)
+    with pytest.raises(SearchError, match="no sampled frames"):
+        Searcher(db, device="cpu").by_video("coffee")
