@@ -40,7 +40,7 @@ class IngestConfig(BaseModel):
     frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
     media_root: Path | None = None
     ray_address: str | None = None
-    write_batch_rows: int = 2048  # rows per LanceDB commit: each commit is a table version
+    write_batch_rows: int = 2048  # items per LanceDB commit: each commit is a table version
     write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
 
     @field_validator("frames")
@@ -98,7 +98,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
     rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
-    pending = _Pending(store, table, frames_table)
+    pending = _Pending(store, table, frames_table, config.write_batch_rows)
     last_write = time.monotonic()
     for batch in _embedded_batches(rows, source.image_size, config):
         write = _tally(batch, previous, summary)
@@ -149,10 +149,10 @@ def _tally(batch: dict[str, np.ndarray], previous: dict[str, tuple], summary: In
 
 
 class _Pending:
-    """Rows waiting for the one writer, committed in large batches."""
+    """Rows waiting for the one writer, committed in batches of at most `commit_rows` items."""
 
-    def __init__(self, store: ItemStore, items, frames):
-        self.store, self.items, self.frames = store, items, frames
+    def __init__(self, store: ItemStore, items, frames, commit_rows: int):
+        self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
         self.item_rows: list[pa.Table] = []
         self.frame_rows: list[pa.Table] = []
         self.rows = 0
@@ -163,13 +163,18 @@ class _Pending:
         self.rows += len(batch["item_id"])
 
     def flush(self) -> int:
+        import pyarrow.compute as pc
+
         if not self.rows:
             return 0
-        items = pa.concat_tables(self.item_rows)
-        # Frames first: a crash between the two commits then leaves items that a re-run redoes,
-        # never an item marked done whose frames are missing.
-        self.store.replace_frames(self.frames, items["item_id"].to_pylist(), pa.concat_tables(self.frame_rows))
-        self.store.upsert(self.items, items)
+        items, frames = pa.concat_tables(self.item_rows), pa.concat_tables(self.frame_rows)
+        for start in range(0, items.num_rows, self.commit_rows):
+            chunk = items.slice(start, self.commit_rows)
+            # Frames first: a crash between the two commits then leaves items that a re-run
+            # redoes, never an item marked done whose frames are missing.
+            chunk_frames = frames.filter(pc.is_in(frames["item_id"], value_set=chunk["item_id"]))
+            self.store.replace_frames(self.frames, chunk["item_id"].to_pylist(), chunk_frames)
+            self.store.upsert(self.items, chunk)
         written, self.rows = self.rows, 0
         self.item_rows.clear()
         self.frame_rows.clear()
