@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.media import ERROR, OK, text_or_none
-from encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, resolve_weights
+from encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, register_packaged_configs, resolve_weights
 
 @dataclass(frozen=True)
 class ClipSpec:
@@ -93,8 +93,11 @@ class ClipEmbedder:
     A non-finite embedding turns its row into an error rather than a poisoned vector.
     """
 
-    def __init__(self, spec: ClipSpec, num_threads: int | None = None, max_frames_per_call: int = 256):
-        self.encoder = ClipEncoder(spec, num_threads=num_threads)
+    def __init__(
+        self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, max_frames_per_call: int = 256
+    ):
+        # `source`: weights the driver already resolved (and checksummed), so no actor does it again.
+        self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source)
         self.max_frames_per_call = max_frames_per_call  # bounds memory for batches of long videos
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -140,6 +143,8 @@ class ClipEmbedder:
 def _build_model(source: ModelSource):
     import open_clip
     import torch
+
+    register_packaged_configs()  # this process may not have resolved the weights itself
 
     if source.is_random:
         # Seeded, so every process builds the same random model and a table built with it stays

@@ -18,7 +18,7 @@ from encoders.clip import ClipEmbedder, ClipSpec
 from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK, SKIPPED, text_or_none
 from encoders.video import DEFAULT_SAMPLING, FrameSampling
-from encoders.weights import resolve_weights
+from encoders.weights import ModelSource, resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
 from pipelines.store import ItemStore, frame_rows, item_rows
@@ -100,7 +100,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
     pending = _Pending(store, table, frames_table, config.write_batch_rows)
     last_write = time.monotonic()
-    for batch in _embedded_batches(rows, source.image_size, config):
+    for batch in _embedded_batches(rows, source, config):
         write = _tally(batch, previous, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
@@ -115,7 +115,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     return summary
 
 
-def _embedded_batches(rows: pa.Table, image_size: int, config: IngestConfig):
+def _embedded_batches(rows: pa.Table, source: ModelSource, config: IngestConfig):
     """The Ray Data pipeline: batches of decoded and embedded rows, in no particular order."""
     if rows.num_rows == 0:
         return
@@ -126,10 +126,10 @@ def _embedded_batches(rows: pa.Table, image_size: int, config: IngestConfig):
     # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
-    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=image_size)
+    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size)
     ds = apply_stage(
         ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
-        num_threads=pools.embed.threads,
+        num_threads=pools.embed.threads, source=source,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
