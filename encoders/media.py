@@ -43,58 +43,46 @@ class ImageLimits:
 
 def read_media(uri: str, max_bytes: int) -> bytes:
     """Reads a local path, `file://`, `s3://` or `gs://` URI, refusing files over `max_bytes`."""
-    try:
-        if "://" in uri:
-            from pyarrow import fs
-
-            filesystem, path = fs.FileSystem.from_uri(uri)
-            size = filesystem.get_file_info(path).size
-            _check_size(size, max_bytes)
-            with filesystem.open_input_file(path) as f:
-                return f.read()
-        size = os.path.getsize(uri)
-        _check_size(size, max_bytes)
-        with open(uri, "rb") as f:
-            return f.read()
-    except MediaError:
-        raise
-    except (OSError, ValueError) as e:
-        raise MediaError(f"cannot read {uri}: {e}") from e
+    with _opened(uri, max_bytes) as f:
+        return f.read()
 
 
 @contextlib.contextmanager
 def local_copy(uri: str, max_bytes: int):
     """Yields (local path, sha256) for a media file that a decoder must open by path (videos):
     local files are hashed in place, remote ones copied to a temporary file while hashed."""
-    with contextlib.ExitStack() as cleanup:
-        try:
-            path, sha256 = _localise(uri, max_bytes, cleanup)
-        except MediaError:
-            raise
-        except (OSError, ValueError) as e:
-            raise MediaError(f"cannot read {uri}: {e}") from e
-        yield path, sha256
-
-
-def _localise(uri: str, max_bytes: int, cleanup: contextlib.ExitStack) -> tuple[str, str]:
     digest = hashlib.sha256()
-    if "://" not in uri:
-        _check_size(os.path.getsize(uri), max_bytes)
-        with open(uri, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return uri, digest.hexdigest()
-    from pyarrow import fs
-
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    _check_size(filesystem.get_file_info(path).size, max_bytes)
-    copy = cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1]))
-    with filesystem.open_input_stream(path) as source:
-        while chunk := source.read(1 << 20):
+    with contextlib.ExitStack() as cleanup:
+        source = cleanup.enter_context(_opened(uri, max_bytes))
+        copy = cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=os.path.splitext(uri)[1])) if "://" in uri else None
+        while chunk := source.read(1 << 20):  # read errors become MediaError in `_opened`
             digest.update(chunk)
-            copy.write(chunk)
-    copy.flush()
-    return copy.name, digest.hexdigest()
+            if copy:
+                copy.write(chunk)
+        if copy:
+            copy.flush()
+        yield (copy.name if copy else uri), digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _opened(uri: str, max_bytes: int):
+    """A readable file for a local path or remote URI, once its size is known to be allowed."""
+    try:
+        if "://" in uri:
+            from pyarrow import fs
+
+            filesystem, path = fs.FileSystem.from_uri(uri)
+            size, f = filesystem.get_file_info(path).size, filesystem.open_input_stream(path)
+        else:
+            size, f = os.path.getsize(uri), open(uri, "rb")
+    except (OSError, ValueError) as e:
+        raise MediaError(f"cannot read {uri}: {e}") from e
+    with f:
+        _check_size(size, max_bytes)
+        try:
+            yield f
+        except OSError as e:  # a read that failed half-way
+            raise MediaError(f"cannot read {uri}: {e}") from e
 
 
 def _check_size(size: int | None, max_bytes: int) -> None:

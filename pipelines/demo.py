@@ -85,7 +85,7 @@ def run_demo(out: Path, device: str) -> dict:
     config = IngestConfig(manifest=manifest, db=str(out / "db"), model=DEFAULT_MODEL, pretrained=pretrained, device=device)
     summary = ingest(config).to_dict()
 
-    table = ItemStore(config.db).db.open_table(ITEMS)
+    table = ItemStore(config.db).existing(ITEMS)
     items = table.search().select(["item_id", "title", "vector"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
     print(f"\n{len(items)} items in {config.db}. Nearest neighbour of each by visual embedding:")
     for item in items:

@@ -52,10 +52,9 @@ class Searcher:
 
     def __init__(self, db: str, pretrained: str | None = None, device: str = "auto"):
         self.store = ItemStore(db)
-        try:
-            self.table = self.store.db.open_table(ITEMS)
-        except ValueError:
-            raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first") from None
+        self.table = self.store.existing(ITEMS)
+        if self.table is None:
+            raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
         self.model = table_model(self.table)
         self.pretrained, self.device = pretrained, device
         self._encoder: ClipEncoder | None = None
@@ -104,10 +103,7 @@ class Searcher:
         (`timestamp_s`) of the frame it matched best."""
         from lancedb.expr import col, lit
 
-        try:
-            frames_table = self.store.db.open_table(FRAMES)
-        except ValueError:
-            frames_table = None
+        frames_table = self.store.existing(FRAMES)
         where = col("item_id") == lit(item_id)
         frames = frames_table.search().where(where).select(["vector", "timestamp_s"]).limit(None).to_list() if frames_table else []
         if not frames:

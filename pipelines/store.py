@@ -75,10 +75,16 @@ class ItemStore:
         """The `frames` table (one row per sampled video frame), created if missing."""
         return self._table(FRAMES, frames_schema(dim))
 
-    def _table(self, name: str, schema: pa.Schema):
+    def existing(self, name: str):
+        """The table called `name`, or None when the database has none."""
         try:
-            table = self.db.open_table(name)
+            return self.db.open_table(name)
         except ValueError:  # not found
+            return None
+
+    def _table(self, name: str, schema: pa.Schema):
+        table = self.existing(name)
+        if table is None:
             return self.db.create_table(name, schema=schema)
         stored, wanted = table.schema.field("vector").type, schema.field("vector").type
         if stored != wanted:
