@@ -90,15 +90,18 @@ class ClipEmbedder:
     its image's, or the re-normalised mean of a video's frames) and `text_vector` (its title's).
 
     Rows whose status is not `ok` pass through with zero vectors; the store writes them as nulls.
-    A non-finite embedding turns its row into an error rather than a poisoned vector.
+    A non-finite embedding turns its row into an error rather than a poisoned vector. `pixels`
+    are dropped unless `keep_pixels` (for a pixel-model stage that follows in the same process).
     """
 
     def __init__(
-        self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, max_frames_per_call: int = 256
+        self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, max_frames_per_call: int = 256,
+        keep_pixels: bool = False,
     ):
         # `source`: weights the driver already resolved (and checksummed), so no actor does it again.
         self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source)
         self.max_frames_per_call = max_frames_per_call  # bounds memory for batches of long videos
+        self.keep_pixels = keep_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = batch["status"].astype(object)
@@ -124,7 +127,7 @@ class ClipEmbedder:
         broken = (status == OK) & ~finite
         status[broken] = ERROR
         error[broken] = "the model produced a non-finite embedding"
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out = {k: v for k, v in batch.items() if k != "pixels" or self.keep_pixels}
         out.update(
             status=status,
             error=error,

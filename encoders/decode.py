@@ -1,7 +1,9 @@
 """The decode stage: each row's media, read, hashed and decoded to model-sized frames.
 
 A product image becomes one frame, a video or live segment its sampled frames. Every row leaves
-with `pixels` [F, size, size, 3], `frame_index` and `timestamp_s` [F], `media_sha256` and `note`.
+with `pixels` [F, size, size, 3], `frame_index` and `timestamp_s` [F], `media_sha256` and `note`,
+and, when fingerprinting, `pdq` and `pdq_quality` [F]: each frame's PDQ hash taken on the whole
+picture (the model sees only its centre square).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import hashlib
 
 import numpy as np
 
-from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, local_copy, read_media, text_or_none
+from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, crop_to_model, load_image, local_copy, read_media, text_or_none
+from encoders.phash import pdq_hash
 from encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
@@ -21,8 +24,12 @@ class MediaDecoder:
     the same model and fields) is marked `skipped` and not decoded. Errors are data: they go to
     the row's `error`, and the batch goes on."""
 
-    def __init__(self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits()):
+    def __init__(
+        self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits(),
+        fingerprint: bool = False,
+    ):
         self.size = image_size
+        self.fingerprint = fingerprint
         self.image_limits = image_limits
         self.video_limits = video_limits
 
@@ -36,6 +43,8 @@ class MediaDecoder:
             "pixels": np.empty(n, dtype=object),
             "frame_index": np.empty(n, dtype=object),
             "timestamp_s": np.empty(n, dtype=object),
+            "pdq": np.empty(n, dtype=object),
+            "pdq_quality": np.empty(n, dtype=object),
         }
         for i in range(n):
             frames = None
@@ -46,10 +55,12 @@ class MediaDecoder:
                     out["status"][i], out["error"][i] = ERROR, str(e)
                 except Exception as e:  # a decoder bug must cost one row, never the batch
                     out["status"][i], out["error"][i] = ERROR, f"unexpected {type(e).__name__} while decoding: {e}"
-            pixels, index, seconds = frames or (np.zeros((0, self.size, self.size, 3), np.uint8), [], [])
+            pixels, index, seconds, hashes, qualities = frames or (np.zeros((0, self.size, self.size, 3), np.uint8), [], [], [], [])
             out["pixels"][i] = pixels
             out["frame_index"][i] = np.asarray(index, np.int64)
             out["timestamp_s"][i] = np.asarray(seconds, np.float32)
+            out["pdq"][i] = np.array(hashes, dtype=object)  # None where not fingerprinted
+            out["pdq_quality"][i] = np.array([-1 if q is None else q for q in qualities], np.int32)
         return {**batch, **out}
 
     def _decode_row(self, batch, i: int, out: dict) -> tuple | None:
@@ -60,12 +71,14 @@ class MediaDecoder:
             if out["media_sha256"][i] == known:
                 out["status"][i] = SKIPPED
                 return None
-            return decode_image(data, self.size, name=uri, limits=self.image_limits)[None], [0], [0.0]
+            image = load_image(data, self.size, name=uri, limits=self.image_limits)
+            hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)
+            return crop_to_model(image, self.size)[None], [0], [0.0], [hashed], [quality]
         with local_copy(uri, MAX_VIDEO_BYTES) as (path, sha256):
             out["media_sha256"][i] = sha256
             if sha256 == known:
                 out["status"][i] = SKIPPED
                 return None
-            sampled = sample_frames(path, FrameSampling.parse(batch["frames"][i]), self.size, self.video_limits)
+            sampled = sample_frames(path, FrameSampling.parse(batch["frames"][i]), self.size, self.video_limits, self.fingerprint)
         out["note"][i] = "; ".join(sampled.notes) or None
-        return sampled.pixels, sampled.frame_index, sampled.timestamp_s
+        return sampled.pixels, sampled.frame_index, sampled.timestamp_s, sampled.pdq, sampled.pdq_quality

@@ -93,6 +93,13 @@ def _check_size(size: int | None, max_bytes: int) -> None:
 def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decodes an image to uint8 [size, size, 3] RGB: EXIF-rotated, shortest side resized
     (bicubic) to `size`, centre-cropped, as OpenCLIP's own preprocessing does. Raises MediaError."""
+    return crop_to_model(load_image(data, size, name=name, limits=limits), size)
+
+
+def load_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits = ImageLimits()):
+    """Decodes an image to an EXIF-rotated RGB Pillow image of at least `size` on its shortest
+    side where the source has it (JPEGs are decoded at a reduced scale when that covers it).
+    Raises MediaError."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     ext = os.path.splitext(name)[1].lower()
@@ -130,11 +137,7 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers `size`.
                 image.draft("RGB", (size, size))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            image = to_rgb(image)
-            return _resize_and_crop(image, size)
-        except MediaError:
-            raise
+            return to_rgb(ImageOps.exif_transpose(image))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise MediaError(f"refused as a decompression bomb: {e}") from None
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
@@ -165,7 +168,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return (np.clip(values, 0, top).astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
 
 
-def _resize_and_crop(image, size: int) -> np.ndarray:
+def crop_to_model(image, size: int) -> np.ndarray:
+    """A Pillow image to uint8 [size, size, 3]: its centre square, resized (bicubic)."""
     from PIL import Image
 
     width, height = image.size

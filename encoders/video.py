@@ -62,6 +62,8 @@ class SampledFrames:
     frame_index: np.ndarray  # int64 [F], position in the stream
     timestamp_s: np.ndarray  # float32 [F]
     notes: list[str] = field(default_factory=list)  # what was capped or cut short
+    pdq: list[str | None] = field(default_factory=list)  # per frame, when fingerprinted (encoders.phash)
+    pdq_quality: list[int | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,12 @@ class VideoLimits:
     max_pixels_per_frame: int = 7680 * 4320  # 8K
 
 
-def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLimits = VideoLimits()) -> SampledFrames:
+def sample_frames(
+    path: str, sampling: FrameSampling, size: int, limits: VideoLimits = VideoLimits(), fingerprint: bool = False
+) -> SampledFrames:
     """Samples frames from a local video file, each resized (shortest side) and centre-cropped
-    to `size`, RGB. Raises MediaError when the file yields no frame at all."""
+    to `size`, RGB, and with `fingerprint` PDQ-hashed whole. Raises MediaError when the file
+    yields no frame at all."""
     import cv2
 
     if os.path.getsize(path) == 0:
@@ -88,29 +93,32 @@ def sample_frames(path: str, sampling: FrameSampling, size: int, limits: VideoLi
         claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         claimed = claimed if claimed > 0 else None
         max_read = int(sampling.max_duration_s * (fps or 25.0))
-        reader = _Reader(capture, fps or 25.0, max_frames_read=max_read, seekable=claimed is not None)
+        reader = _Reader(capture, fps or 25.0, max_frames_read=max_read, seekable=claimed is not None, size=size, fingerprint=fingerprint)
         reader.capped = claimed is not None and claimed > reader.max_frames_read
         if sampling.strategy == "scene":
-            picked = _scene_frames(reader, sampling, size)
+            picked = _scene_frames(reader, sampling)
         else:
             # Spreading frames needs the length: a container that does not state it is counted.
             length = claimed or (_count_frames(path, reader.max_frames_read) if sampling.strategy == "uniform" else None)
-            picked = _planned_frames(reader, _plan(sampling, fps or 25.0, length, reader.max_frames_read), size, sampling)
+            picked = _planned_frames(reader, _plan(sampling, fps or 25.0, length, reader.max_frames_read), sampling)
     finally:
         capture.release()
     notes = _notes(sampling, reader, claimed, fps, len(picked))
     if not picked:
         detail = f"; {notes[0]}" if notes else ""
         raise MediaError(f"the video yielded no decodable frame{detail}")
-    indices, timestamps, pixels = zip(*picked)
-    return SampledFrames(np.stack(pixels), np.array(indices, np.int64), np.array(timestamps, np.float32), notes)
+    indices, timestamps, pixels, hashes, qualities = zip(*picked)
+    return SampledFrames(
+        np.stack(pixels), np.array(indices, np.int64), np.array(timestamps, np.float32), notes, list(hashes), list(qualities)
+    )
 
 
 class _Reader:
     """Walks a capture forward, counting successful reads; knows where it is."""
 
-    def __init__(self, capture, fps: float, max_frames_read: int, seekable: bool):
+    def __init__(self, capture, fps: float, max_frames_read: int, seekable: bool, size: int, fingerprint: bool):
         self.capture, self.fps, self.max_frames_read = capture, fps, max_frames_read
+        self.size, self.fingerprint = size, fingerprint
         self.seekable = seekable  # a stream without a frame count has no index to seek by
         self.position = 0  # index of the next frame grab() returns
         self.ended = False  # the stream stopped before we did
@@ -137,12 +145,19 @@ class _Reader:
             self.position += 1
         return True
 
-    def retrieve(self, size: int) -> np.ndarray | None:
+    def retrieve(self) -> np.ndarray | None:
         ok, frame = self.capture.retrieve()
-        return to_model_pixels(frame, size) if ok and frame is not None else None
+        return frame if ok and frame is not None else None
 
-    def timestamp(self, index: int) -> float:
-        return index / self.fps
+    def take(self, index: int, frame_bgr: np.ndarray) -> tuple:
+        """(index, timestamp, model pixels, PDQ hash, its quality) of a retrieved frame."""
+        import cv2
+
+        from encoders.phash import pdq_hash
+
+        pixels = to_model_pixels(frame_bgr, self.size)
+        fingerprint = pdq_hash(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)) if self.fingerprint else (None, None)
+        return (index, index / self.fps, pixels, *fingerprint)
 
 
 def _count_frames(path: str, max_read: int) -> int:
@@ -166,32 +181,32 @@ def _plan(sampling: FrameSampling, fps: float, length: int | None, max_read: int
     return sorted({round(k * step) for k in range(math.ceil(length / step))})[: sampling.max_frames]
 
 
-def _planned_frames(reader: _Reader, wanted: list[int], size: int, sampling: FrameSampling) -> list[tuple]:
+def _planned_frames(reader: _Reader, wanted: list[int], sampling: FrameSampling) -> list[tuple]:
     picked = []
     for index in wanted:
         if not reader.advance_to(index, seek_gap=sampling.seek_gap_frames):
             if reader.ended or reader.capped:
                 break
             continue  # a seek overshot this frame
-        pixels = reader.retrieve(size)
-        if pixels is not None:
-            picked.append((index, reader.timestamp(index), pixels))
+        frame = reader.retrieve()
+        if frame is not None:
+            picked.append(reader.take(index, frame))
     return picked
 
 
-def _scene_frames(reader: _Reader, sampling: FrameSampling, size: int) -> list[tuple]:
+def _scene_frames(reader: _Reader, sampling: FrameSampling) -> list[tuple]:
     """The first frame of every shot: a cut is a large change between two checked frames."""
     import cv2
 
     every = max(1, round(reader.fps / sampling.scene_checks_per_s))
     picked, previous, index = [], None, 0
     while len(picked) < sampling.max_frames and reader.advance_to(index, seek_gap=every):
-        ok, frame = reader.capture.retrieve()
-        if ok and frame is not None:
+        frame = reader.retrieve()
+        if frame is not None:
             thumbnail = cv2.cvtColor(cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
             change = None if previous is None else float(np.abs(thumbnail.astype(np.int16) - previous).mean())
             if change is None or change > sampling.scene_threshold:
-                picked.append((index, reader.timestamp(index), to_model_pixels(frame, size)))
+                picked.append(reader.take(index, frame))
             previous = thumbnail.astype(np.int16)
         index += every
     return picked

@@ -23,8 +23,9 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     from pipelines.manifest import ManifestError
     from pipelines.ray_data import ClusterError
     from pipelines.store import StoreError
+    from safety.policy import PolicyError
 
-    return ManifestError, WeightsError, StoreError, ClusterError
+    return ManifestError, WeightsError, StoreError, ClusterError, PolicyError
 
 
 def run_job(job, usage_errors: tuple[type[Exception], ...] = ()) -> None:
@@ -60,13 +61,14 @@ def ingest(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
     media_root: Path = typer.Option(None, help="Folder relative media paths resolve against [default: the manifest's]."),
+    policy: Path = typer.Option(None, help="Safety policy file (YAML) [default: the one shipped with shoplens]."),
     ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
 ) -> None:
-    """Embed a catalog into LanceDB with a Ray Data job."""
+    """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
     from pipelines.ingest import IngestConfig, ingest as run_ingest
 
-    config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained,
-                     device=device, frames=frames, media_root=media_root, ray_address=ray_address)
+    config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained, device=device,
+                     frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
 
     def job() -> dict:
         with progress_bar(None, "ingest") as bar:
@@ -120,6 +122,39 @@ def search(
         return {"command": "search", "model": searcher.model, "count": len(hits)} | ({"results": hits} if as_json else {})
 
     run_job(job, usage_errors=(SearchError,))
+
+
+safety_app = typer.Typer(no_args_is_help=True, help="The safety policy and the bank of known violating media.")
+bank_app = typer.Typer(no_args_is_help=True, help="The PDQ hash bank: a match blocks an item.")
+features_app = typer.Typer(no_args_is_help=True, help="Ranking features for the recommender.")
+app.add_typer(safety_app, name="safety")
+safety_app.add_typer(bank_app, name="bank")
+app.add_typer(features_app, name="features")
+
+
+@bank_app.command("add")
+def bank_add(
+    files: list[Path] = typer.Argument(..., help="Images of known violating media."),
+    category: str = typer.Option(..., help="The policy category they violate."),
+    db: str = typer.Option(..., "--db", help="LanceDB database the bank lives in (beside `items`)."),
+    policy: Path = typer.Option(None, help="Safety policy file [default: the one shipped with shoplens]."),
+) -> None:
+    """Add images to the hash bank; later ingests block items that match them."""
+    from pipelines.bank import add_to_bank
+    from safety.policy import load_policy
+
+    run_job(lambda: add_to_bank(db, files, category, load_policy(policy)))
+
+
+@features_app.command("export")
+def features_export(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write."),
+) -> None:
+    """Write one row of ranking features per item (Parquet, keyed by item_id, with event_timestamp)."""
+    from pipelines.features import FeaturesError, export_features
+
+    run_job(lambda: export_features(db, out), usage_errors=(FeaturesError,))
 
 
 @app.command()

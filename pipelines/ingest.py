@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from encoders.clip import ClipEmbedder, ClipSpec
+from encoders.clip import ClipSpec
 from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK, SKIPPED, text_or_none
 from encoders.video import DEFAULT_SAMPLING, FrameSampling
@@ -22,6 +22,9 @@ from encoders.weights import ModelSource, resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
 from pipelines.store import ItemStore, frame_rows, item_rows
+from safety.hashbank import HashBank
+from safety.policy import Policy, load_policy
+from safety.stage import EmbedAndScore
 
 log = logging.getLogger(__name__)
 MAX_ERRORS_SHOWN = 20
@@ -39,6 +42,7 @@ class IngestConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
     media_root: Path | None = None
+    policy: Path | None = None  # the safety policy file [default: the one shipped with shoplens]
     ray_address: str | None = None
     write_batch_rows: int = 2048  # items per LanceDB commit: each commit is a table version
     write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
@@ -84,6 +88,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     per-item problems are recorded in rows and counted in the summary."""
     started = time.perf_counter()
     manifest = read_manifest(config.manifest, config.media_root, config.frames)
+    policy = load_policy(config.policy)
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
     # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -91,8 +96,9 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         init_ray(config.ray_address)
         source = resolving.result()
     store = ItemStore(config.db)
-    table = store.items(source.embed_dim)
-    frames_table = store.frames(source.embed_dim)
+    table = store.items(source.embed_dim, policy.names)
+    frames_table = store.frames(source.embed_dim, policy.names)
+    bank = store.hash_bank()
     summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))
     for rejected in manifest.rejected:
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
@@ -100,7 +106,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
     pending = _Pending(store, table, frames_table, config.write_batch_rows)
     last_write = time.monotonic()
-    for batch in _embedded_batches(rows, source, config):
+    for batch in _scored_batches(rows, source, config, policy, bank):
         write = _tally(batch, previous, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
@@ -115,8 +121,8 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     return summary
 
 
-def _embedded_batches(rows: pa.Table, source: ModelSource, config: IngestConfig):
-    """The Ray Data pipeline: batches of decoded and embedded rows, in no particular order."""
+def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, bank: HashBank):
+    """The Ray Data pipeline: batches of decoded, embedded and scored rows, in no particular order."""
     if rows.num_rows == 0:
         return
     import ray.data
@@ -126,10 +132,10 @@ def _embedded_batches(rows: pa.Table, source: ModelSource, config: IngestConfig)
     # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
-    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size)
+    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True)
     ds = apply_stage(
-        ds, ClipEmbedder, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
-        num_threads=pools.embed.threads, source=source,
+        ds, EmbedAndScore, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
+        policy=policy, bank=bank, num_threads=pools.embed.threads, source=source,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 

@@ -15,6 +15,7 @@ from encoders.media import OK, text_or_none
 
 ITEMS = "items"
 FRAMES = "frames"
+HASH_BANK = "hash_bank"
 VIDEO_KINDS = ("video", "live")
 UNSCORED = "unscored"
 # What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
@@ -29,7 +30,24 @@ class StoreError(RuntimeError):
     """The database cannot take this job (a configuration error: exit code 2)."""
 
 
-def items_schema(dim: int) -> pa.Schema:
+# Safety columns besides `risk_<category>` (see safety.scorer): written as the scorer made them.
+SAFETY_FIELDS = (
+    pa.field("risk", pa.float32()),
+    pa.field("decision", pa.string()),
+    pa.field("safety_version", pa.string()),
+    pa.field("safety_error", pa.string()),  # why an ok item is unscored
+    pa.field("evidence_timestamp_s", pa.float32()),  # videos: the worst frame's time
+    pa.field("risk_topk_mean", pa.float32()),
+    pa.field("frames_over_review", pa.int32()),
+    pa.field("hash_match", pa.string()),  # the hash-bank entry an item matched
+)
+
+
+def risk_fields(categories: list[str]) -> list[pa.Field]:
+    return [pa.field(f"risk_{c}", pa.float32()) for c in categories]
+
+
+def items_schema(dim: int, categories: list[str]) -> pa.Schema:
     vector = pa.list_(pa.float32(), dim)
     return pa.schema(
         [pa.field("item_id", pa.string(), nullable=False)]
@@ -39,15 +57,14 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("text_vector", vector),
             pa.field("model", pa.string()),
             pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-            pa.field("risk", pa.float32()),
-            pa.field("decision", pa.string()),
-            pa.field("safety_version", pa.string()),
-            pa.field("evidence_timestamp_s", pa.float32()),
+            pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
         ]
+        + risk_fields(categories)
+        + list(SAFETY_FIELDS)
     )
 
 
-def frames_schema(dim: int) -> pa.Schema:
+def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
     return pa.schema(
         [
             pa.field("item_id", pa.string(), nullable=False),
@@ -55,8 +72,11 @@ def frames_schema(dim: int) -> pa.Schema:
             pa.field("timestamp_s", pa.float32()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("model", pa.string()),
-            pa.field("risk", pa.float32()),
+            pa.field("pdq", pa.string()),
+            pa.field("hash_match", pa.string()),
         ]
+        + risk_fields(categories)
+        + [pa.field("risk", pa.float32())]
     )
 
 
@@ -67,13 +87,13 @@ class ItemStore:
         self.uri = uri
         self.db = lancedb.connect(uri)
 
-    def items(self, dim: int):
+    def items(self, dim: int, categories: list[str]):
         """The `items` table, created if missing; refuses a table of another vector size."""
-        return self._table(ITEMS, items_schema(dim))
+        return self._table(ITEMS, items_schema(dim, categories))
 
-    def frames(self, dim: int):
+    def frames(self, dim: int, categories: list[str]):
         """The `frames` table (one row per sampled video frame), created if missing."""
-        return self._table(FRAMES, frames_schema(dim))
+        return self._table(FRAMES, frames_schema(dim, categories))
 
     def existing(self, name: str):
         """The table called `name`, or None when the database has none."""
@@ -92,7 +112,30 @@ class ItemStore:
                 f"{self.uri}: table {name!r} holds {stored} vectors, but this model makes {wanted.list_size}-d ones; "
                 "use another --db, or the model the table was built with"
             )
+        # A table from an earlier version, or an earlier policy with fewer categories, gains the
+        # missing columns, all null (a metadata-only change); columns are never renamed or dropped.
+        missing = [f for f in schema if f.name not in table.schema.names]
+        if missing:
+            table.add_columns(missing)
         return table
+
+    def hash_bank(self):
+        """The bank of known violating media's PDQ hashes (empty when none was added)."""
+        from safety.hashbank import HashBank
+
+        table = self.existing(HASH_BANK)
+        if table is None:
+            return HashBank()
+        rows = table.search().select(["entry_id", "category", "pdq"]).limit(None).to_arrow()
+        return HashBank(rows["entry_id"].to_pylist(), rows["category"].to_pylist(), rows["pdq"].to_pylist())
+
+    def add_to_bank(self, rows: pa.Table) -> None:
+        """Upserts bank entries (keyed by `entry_id`, the file's checksum): adding a file twice is a no-op."""
+        table = self.existing(HASH_BANK)
+        if table is None:
+            self.db.create_table(HASH_BANK, data=rows)
+        else:
+            table.merge_insert("entry_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
     def mark_unchanged(self, table, manifest: pa.Table, model: str) -> tuple[pa.Table, dict[str, tuple]]:
         """Adds `known_sha256` to the manifest rows: the hash an unchanged item's bytes will match.
@@ -143,26 +186,33 @@ class ItemStore:
 
 
 def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
-    """One row per sampled frame of each embedded video or live segment."""
+    """One row per sampled frame of each embedded video or live segment, with its risks."""
     dim = schema.field("vector").type.list_size
-    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "vector": []}
+    risk_names = [name for name in schema.names if name.startswith("risk_")]
+    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "hash_match": []}
+    vectors, risks = [], []
     for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
         count = len(batch["frame_index"][i])
         columns["item_id"] += [batch["item_id"][i]] * count
         columns["frame_index"] += list(batch["frame_index"][i])
         columns["timestamp_s"] += list(batch["timestamp_s"][i])
         columns["model"] += [batch["model"][i]] * count
-        columns["vector"].append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
-    vectors = np.concatenate(columns.pop("vector")) if columns["item_id"] else np.zeros((0, dim), np.float32)
+        columns["pdq"] += list(batch["pdq"][i])
+        columns["hash_match"] += list(batch["frame_hash_match"][i])
+        vectors.append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
+        risks.append(np.asarray(batch["frame_risks"][i], np.float32).reshape(-1, len(risk_names)))
     n = len(columns["item_id"])
-    return pa.table(
-        {**columns, "vector": _vectors(vectors, np.ones(n, bool), dim), "risk": pa.nulls(n, pa.float32())},
-        schema=schema,
-    )
+    vectors = np.concatenate(vectors) if n else np.zeros((0, dim), np.float32)
+    risks = np.concatenate(risks) if n else np.zeros((0, len(risk_names)), np.float32)
+    columns |= {name: _floats(risks[:, k]) for k, name in enumerate(risk_names)}
+    with np.errstate(invalid="ignore"):
+        columns["risk"] = _floats(risks.max(axis=1) if risk_names else np.full(n, np.nan))
+    return pa.table({**columns, "vector": _vectors(vectors, np.ones(n, bool), dim)}, schema=schema)
 
 
 def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
-    """Embedded rows (a stage's output batch) as `items` rows: vectors null unless embedded."""
+    """Embedded and scored rows (the model stage's output batch) as `items` rows: vectors null
+    unless embedded, safety columns as the scorer left them (null and `unscored` without it)."""
     ok = np.asarray(batch["status"] == OK)
     titled = ok & np.array([text_or_none(t) is not None for t in batch["title"]], dtype=bool)
     n = len(ok)
@@ -172,10 +222,15 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     columns["text_vector"] = _vectors(batch["text_vector"], titled, dim)
     columns["model"] = _strings(batch["model"])
     columns["updated_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
-    columns["risk"] = pa.nulls(n, pa.float32())
-    columns["decision"] = pa.array([UNSCORED] * n, pa.string())
-    columns["safety_version"] = pa.nulls(n, pa.string())
-    columns["evidence_timestamp_s"] = pa.nulls(n, pa.float32())
+    columns["pdq"] = _strings([h[0] if kind == "product" and len(h) else None for kind, h in zip(batch["kind"], batch["pdq"])])
+    for field in schema:
+        if field.name.startswith("risk") or field.name in [f.name for f in SAFETY_FIELDS]:
+            values = batch.get(field.name)
+            columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
+    if "decision" not in batch:
+        columns["decision"] = pa.array([UNSCORED] * n, pa.string())
+    missing = [f for f in schema if f.name not in columns]  # columns other commands fill (dedup, ...)
+    columns |= {f.name: pa.nulls(n, f.type) for f in missing}
     return pa.table(columns, schema=schema)
 
 
@@ -184,5 +239,20 @@ def _vectors(values: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
 
 
-def _strings(values: np.ndarray) -> pa.Array:
+def _strings(values) -> pa.Array:
     return pa.array([text_or_none(v) for v in values], pa.string())
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """NaN (not scored) becomes null: a missing score must never read as a number."""
+    values = np.asarray(values, np.float32)
+    return pa.array(values, pa.float32(), mask=~np.isfinite(values))
+
+
+def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    if pa.types.is_floating(type_):
+        return _floats(values)
+    if pa.types.is_integer(type_):
+        values = np.asarray(values, np.int64)
+        return pa.array(values, type_, mask=values < 0)  # -1: not counted
+    return _strings(values)

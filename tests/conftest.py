@@ -18,6 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from encoders.clip import ClipSpec  # noqa: E402
 
 MICRO = ClipSpec(model="shoplens-micro", pretrained="random", device="cpu")
+PIXEL_POLICY = Path(__file__).parent / "pixel_policy.yaml"  # real pixel models only: real photos are `allow`
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg")
 
 

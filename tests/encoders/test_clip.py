@@ -74,7 +74,7 @@ def test_thread_count_follows_the_cores_given():
 
 def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
     stage = ClipEmbedder.__new__(ClipEmbedder)
-    stage.encoder, stage.max_frames_per_call = micro_encoder, 2  # the constructor loads the same model
+    stage.encoder, stage.max_frames_per_call, stage.keep_pixels = micro_encoder, 2, False  # the constructor loads the same model
     pixels = np.empty(4, dtype=object)
     pixels[:] = [photos[0:1], photos[:0], photos[2:3], photos[3:6]]  # the last is a 3-frame video
     batch = {

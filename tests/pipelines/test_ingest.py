@@ -5,7 +5,7 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, SAMPLE_PHOTOS, bad_media, photo_bytes, write_manifest
+from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, bad_media, photo_bytes, write_manifest
 
 from encoders.media import decode_image
 from pipelines.ingest import IngestConfig, ingest
@@ -24,7 +24,8 @@ BAD_ERRORS = {
 
 
 def config(manifest, db, **overrides) -> IngestConfig:
-    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", **overrides)
+    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu",
+                        policy=PIXEL_POLICY, **overrides)
 
 
 def rows_by_id(db) -> dict[str, dict]:
@@ -87,7 +88,8 @@ def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
         assert abs(np.linalg.norm(vector) - 1) < 1e-5
         assert (row["text_vector"] is None) == (n % 2 == 1)  # no title, no text vector
         assert row["model"] == "open_clip/shoplens-micro/random-seed0"
-        assert row["decision"] == "unscored" and row["risk"] is None  # never "allow" unscored
+        assert row["decision"] == "allow" and row["safety_version"] == "test-pixels-1"  # real photos, real pixel models
+        assert row["risk"] == max(row["risk_sexual"], row["risk_violence"]) < 0.4 and row["safety_error"] is None
         assert len(row["media_sha256"]) == 64 and row["category"] == "posters" and row["seller_id"] == f"s{n}"
 
 

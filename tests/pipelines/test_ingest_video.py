@@ -5,7 +5,7 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, sample_photo, sample_video, shots_video, write_video
+from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, shots_video, write_video
 
 from encoders.video import FrameSampling, sample_frames
 from pipelines.ingest import IngestConfig, ingest
@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def config(manifest, db, **overrides) -> IngestConfig:
-    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", **overrides)
+    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu",
+                        policy=PIXEL_POLICY, **overrides)
 
 
 def tables(db):

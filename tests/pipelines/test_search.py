@@ -5,7 +5,7 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, SAMPLE_PHOTOS, photo_bytes, sample_photo, write_manifest
+from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, photo_bytes, sample_photo, write_manifest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -32,7 +32,7 @@ def db(tmp_path_factory):
     rows.append({"item_id": "broken", "kind": "product", "image": "broken.jpg", "category": "posters"})
     path = str(root / "db")
     ingest(IngestConfig(manifest=write_manifest(root / "m.csv", rows), db=path, model=MICRO.model,
-                        pretrained=MICRO.pretrained, device="cpu"))
+                        pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
     return path
 
 
@@ -88,9 +88,14 @@ def test_injection_strings_match_nothing_extra(db, evil):
     assert lancedb.connect(db).open_table(ITEMS).count_rows() == 13
 
 
-def test_unscored_items_never_pass_a_max_risk_filter(db):
-    # Nothing is scored yet (no safety signals): a "safe enough" filter must return nothing.
-    assert Searcher(db, device="cpu").by_text("cup", k=5, filters=SearchFilters(max_risk=1.0)) == []
+def test_a_max_risk_filter_passes_only_scored_items_at_or_below_it(db):
+    table = lancedb.connect(db).open_table(ITEMS).to_arrow().to_pylist()
+    risks = {r["item_id"]: r["risk"] for r in table}
+    assert risks["broken"] is None  # failed to ingest: unscored
+    limit = float(np.median([r for r in risks.values() if r is not None]))
+    hits = Searcher(db, device="cpu").by_text("cup", k=20, filters=SearchFilters(max_risk=limit))
+    assert {h["item_id"] for h in hits} == {i for i, r in risks.items() if r is not None and r <= limit}
+    assert all(h["risk"] <= limit for h in hits)
 
 
 def test_unknown_and_failed_items_are_clear_errors(db):
@@ -124,7 +129,7 @@ def test_empty_table_and_missing_table(tmp_path, media_dir):
         Searcher(str(tmp_path / "nothing"))
     manifest = write_manifest(media_dir / "m.csv", [{"item_id": "x", "kind": "product", "image": "missing.jpg"}])
     db = str(tmp_path / "db")
-    ingest(IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu"))
+    ingest(IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
     with pytest.raises(SearchError, match="holds no embedded item"):
         Searcher(db).by_text("cup")
 
@@ -164,7 +169,7 @@ def test_shop_the_video_finds_the_product_shown_and_when(tmp_path):
         rows.append({"item_id": name.split(".")[0], "kind": "product", "image": name})
     db = str(tmp_path / "db")
     ingest(IngestConfig(manifest=write_manifest(tmp_path / "m.csv", rows), db=db, model=MICRO.model,
-                        pretrained=MICRO.pretrained, device="cpu"))
+                        pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
 
     hits = Searcher(db, device="cpu").by_video("haul", k=3)
     assert hits[0]["item_id"] == "coffee" and 2.0 <= hits[0]["timestamp_s"] < 3.0

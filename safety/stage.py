@@ -1,0 +1,28 @@
+"""The model stage of ingest: embed, then score, in one process. The scorer needs the model's
+text tower (for its prompt banks) and the decoded pixels (for its pixel models), both already
+there; a stage of its own would ship every frame across processes again."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from encoders.clip import ClipEmbedder, ClipSpec
+from encoders.weights import ModelSource
+from safety.hashbank import HashBank
+from safety.policy import Policy
+from safety.scorer import SafetyScorer
+
+
+class EmbedAndScore:
+    def __init__(
+        self, spec: ClipSpec, policy: Policy, bank: HashBank = HashBank(), num_threads: int | None = None,
+        source: ModelSource | None = None,
+    ):
+        self.embedder = ClipEmbedder(spec, num_threads=num_threads, source=source, keep_pixels=True)
+        encoder = self.embedder.encoder
+        self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scored = self.scorer(self.embedder(batch))
+        scored.pop("pixels")
+        return scored

@@ -1,0 +1,68 @@
+"""PDQ hashes and the bank: copies of known media match, unrelated media does not."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_PHOTOS, sample_photo
+
+from encoders.media import load_image
+from encoders.phash import hamming, hash_bytes, pdq_hash
+from safety.hashbank import HashBank
+from safety.policy import HashBankPolicy
+
+RULES = HashBankPolicy()  # distance <= 31, quality >= 50
+
+
+def hashed(data: bytes) -> tuple[str, int]:
+    return pdq_hash(np.asarray(load_image(data, 512)))
+
+
+def variants(name: str) -> dict[str, bytes]:
+    """Copies a re-upload would make: resized, re-encoded at low quality, slightly cropped."""
+    from PIL import Image
+
+    image = Image.open(sample_photo(name)).convert("RGB")
+    w, h = image.size
+
+    def jpeg(img, quality=90):
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=quality)
+        return out.getvalue()
+
+    return {
+        "resized": jpeg(image.resize((w // 3, h // 3))),
+        "recompressed": jpeg(image, quality=25),
+        # PDQ tolerates only slight crops: 1% off each side moves 16-26 of 256 bits, 2% about 40.
+        "cropped": jpeg(image.crop((int(w * 0.01), int(h * 0.01), int(w * 0.99), int(h * 0.99)))),
+        "png": (lambda b: (image.save(b, "PNG"), b.getvalue())[1])(io.BytesIO()),
+    }
+
+
+def test_hashes_are_256_bits_and_distances_count_differing_bits():
+    a, quality = hashed(sample_photo("astronaut.png").read_bytes())
+    assert len(a) == 64 and 50 <= quality <= 100
+    flipped = bytes.fromhex(a)
+    flipped = bytes([flipped[0] ^ 0b111]) + flipped[1:]
+    assert hamming(hash_bytes([a]), hash_bytes([a, flipped.hex()])).tolist() == [[0, 3]]
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "coffee.png", "chelsea.png"])
+def test_the_bank_matches_copies_and_not_unrelated_images(name):
+    original, _ = hashed(sample_photo(name).read_bytes())
+    bank = HashBank(["entry-1"], ["sexual"], [original])
+    copies = [hashed(data) for data in variants(name).values()]
+    found, distance = bank.match([h for h, _ in copies], np.array([q for _, q in copies]), RULES)
+    assert found.tolist() == [0] * len(copies) and (distance <= RULES.max_distance).all(), distance
+    others = [hashed(sample_photo(n).read_bytes()) for n in SAMPLE_PHOTOS if n != name]
+    found, _ = bank.match([h for h, _ in others], np.array([q for _, q in others]), RULES)
+    assert (found == -1).all()
+
+
+def test_missing_or_featureless_hashes_never_match():
+    flat, quality = pdq_hash(np.full((300, 300, 3), 128, np.uint8))
+    assert quality < RULES.min_quality
+    bank = HashBank(["flat"], ["sexual"], [flat])
+    found, _ = bank.match([flat, None], np.array([quality, -1]), RULES)  # identical hash, but no quality
+    assert found.tolist() == [-1, -1]
+    assert HashBank().match([flat], np.array([100]), RULES)[0].tolist() == [-1]  # an empty bank

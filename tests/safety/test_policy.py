@@ -1,0 +1,57 @@
+"""The policy file: what it must contain, what it refuses, and how it decides."""
+
+import numpy as np
+import pytest
+import yaml
+
+from safety.policy import BLOCK, REVIEW, UNSCORED, ALLOW, DEFAULT_POLICY, PolicyError, load_policy
+
+
+def test_the_shipped_policy_is_versioned_and_covers_the_categories():
+    policy = load_policy()
+    assert policy.version and policy.source == str(DEFAULT_POLICY)
+    assert {"sexual", "violence", "weapons", "drugs", "hate", "tobacco_alcohol"} <= set(policy.names)
+    assert all(c.review < c.block for c in policy.categories.values())
+    assert set(policy.pixel_models) == {"open_nsfw", "image_safety_s"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["categories"]["weapons"].update(review=0.9, block=0.5), "above block threshold"),
+    (lambda d: d["pixel_models"].update(nudenet={"outputs": {"x": ["sexual"]}}), "unknown pixel model"),
+    (lambda d: d["pixel_models"]["open_nsfw"]["outputs"].update(nsfw=["gambling"]), "unknown categories"),
+    (lambda d: d["categories"].update({"Bad Name": d["categories"]["hate"]}), "lower-case identifier"),
+    (lambda d: d.update(unknown_key=1), "unknown_key"),
+    (lambda d: d.pop("version"), "version"),
+])
+def test_an_invalid_policy_is_refused_with_the_reason(tmp_path, change, message):
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    change(document)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(PolicyError, match=message):
+        load_policy(path)
+
+
+def test_an_unreadable_policy_is_a_policy_error(tmp_path):
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("version: [unclosed")
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "broken.yaml")
+
+
+def test_decisions_follow_the_thresholds_and_unscored_is_never_allow():
+    policy = load_policy()
+    review, block = policy.review_thresholds, policy.block_thresholds
+    low = review - 0.01
+    risks = np.stack([
+        low,                                   # everything under review
+        np.where(np.arange(len(low)) == 2, review, low),  # one category at its review threshold
+        np.where(np.arange(len(low)) == 0, block, low),   # one at its block threshold
+        low,                                   # low, but matched the hash bank
+        low,                                   # low, but a signal failed
+        np.full(len(low), np.nan),             # never scored
+    ]).astype(np.float32)
+    scored = np.array([True, True, True, True, False, False])
+    matched = np.array([False, False, False, True, False, False])
+    assert list(policy.decide(risks, scored, matched)) == [ALLOW, REVIEW, BLOCK, BLOCK, UNSCORED, UNSCORED]
