@@ -3,9 +3,10 @@
     python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda]
 
 End to end: wall time of `pipelines.ingest.ingest` from the manifest to rows in LanceDB, Ray's
-start-up included, on 1024-pixel JPEGs made from package-shipped photos. Model only: the same
-encoder with the same thread count on the same items (image and title), already decoded and
-resized. The ratio is the share of the model's speed the whole pipeline keeps.
+start-up included, on 1024-pixel JPEGs made from package-shipped photos. Model only: the model
+stage (OpenCLIP on image and title, then the policy's safety signals) with the same thread
+count on the same items, already decoded. The ratio is the share of the model stage's speed the
+whole pipeline keeps.
 """
 
 from __future__ import annotations
@@ -52,27 +53,43 @@ def title(n: int) -> str:
     return f"product photo number {n}"
 
 
-def model_only_rates(folder: Path, count: int, model: str, pretrained: str, device: str, threads: int, batch: int) -> tuple[float, float]:
-    """Items/s of the model alone on decoded images and their titles, as the embed stage does
-    them (the same batch size and threads), and images/s of the image tower alone."""
-    from encoders.clip import ClipEncoder, ClipSpec
-    from encoders.media import decode_image
+def model_only_rates(
+    folder: Path, count: int, model: str, pretrained: str, device: str, threads: int, batch: int, policy: Path | None
+) -> tuple[float, float, float]:
+    """Items/s of the model stage alone on items already decoded (and fingerprinted), with the
+    same batch size and threads: OpenCLIP on image and title, then the policy's safety signals
+    (EmbedAndScore, what the pipeline's model actors run); of OpenCLIP alone on image and title;
+    and of the image tower alone."""
+    from encoders.clip import ClipSpec
+    from encoders.decode import MediaDecoder
+    from safety.policy import load_policy
+    from safety.stage import EmbedAndScore
 
     count = min(count, 1000)  # a rate: the first thousand items measure it as well as all of them
-    encoder = ClipEncoder(ClipSpec(model, pretrained, device), num_threads=threads)
-    pixels = np.stack([decode_image((folder / f"{n:05d}.jpg").read_bytes(), encoder.image_size) for n in range(count)])
-    titles = [title(n) for n in range(count)]
-    encoder.encode_images(pixels[:batch])  # warm-up: first calls allocate and pick kernels
-    encoder.encode_texts(titles[:batch])
+    stage = EmbedAndScore(ClipSpec(model, pretrained, device), load_policy(policy), num_threads=threads)
+    encoder = stage.embedder.encoder
+    decode = MediaDecoder(encoder.image_size, fingerprint=True)
+    batches = []
+    for start in range(0, count, batch):
+        ids = range(start, min(start + batch, count))
+        rows = {"item_id": [f"item-{n:05d}" for n in ids], "kind": ["product"] * len(ids), "title": [title(n) for n in ids],
+                "media_uri": [str(folder / f"{n:05d}.jpg") for n in ids], "status": ["ok"] * len(ids),
+                "error": [None] * len(ids), "known_sha256": [None] * len(ids), "frames": [None] * len(ids)}
+        batches.append(decode({k: np.array(v, dtype=object) for k, v in rows.items()}))
+    def image_tower(decoded):
+        return encoder.encode_images(np.concatenate(decoded["pixels"]))
+
+    def embedding(decoded):
+        return image_tower(decoded), encoder.encode_texts(list(decoded["title"]))
+
+    stage(batches[0])  # warm-up: first calls allocate and pick kernels
     timings = []
-    for with_titles in (True, False):
+    for work in (stage, embedding, image_tower):
         started = time.perf_counter()
-        for start in range(0, count, batch):
-            encoder.encode_images(pixels[start : start + batch])  # returns on the host: synchronised
-            if with_titles:
-                encoder.encode_texts(titles[start : start + batch])
+        for decoded in batches:
+            work(decoded)  # results return on the host: synchronised
         timings.append(count / (time.perf_counter() - started))
-    return timings[0], timings[1]
+    return timings[0], timings[1], timings[2]
 
 
 def main() -> None:
@@ -81,6 +98,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="random")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--policy", type=Path, default=None, help="safety policy [default: the shipped one]")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,7 +111,7 @@ def main() -> None:
         manifest = make_catalog(folder, args.images)
 
         config = IngestConfig(manifest=manifest, db=str(folder / "db"), model=args.model,
-                              pretrained=args.pretrained, device=args.device)
+                              pretrained=args.pretrained, device=args.device, policy=args.policy)
         outputs = []  # (seconds since the start, rows) for each batch the writer receives
         started = time.perf_counter()
         summary = ingest(config, on_rows=lambda rows: outputs.append((time.perf_counter() - started, rows)))
@@ -107,8 +125,8 @@ def main() -> None:
         pools = plan_pools(*cluster_resources(), device=args.device)
         ray.shutdown()  # free the cores the pipeline's actors held
         device = "cuda" if pools.embed.num_gpus else "cpu"
-        model_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
-                                                   pools.embed.threads, pools.embed.batch_size)
+        model_only, embed_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
+                                                               pools.embed.threads, pools.embed.batch_size, args.policy)
 
     figures = {
         "benchmark": "ingest_images",
@@ -120,6 +138,7 @@ def main() -> None:
         "start_up_seconds": round(first_out, 2),
         "steady_images_per_s": round(steady, 2),
         "model_only_images_per_s": round(model_only, 2),
+        "embedding_only_images_per_s": round(embed_only, 2),
         "image_tower_only_images_per_s": round(image_tower, 2),
         "ratio": round(end_to_end / model_only, 3),
         "steady_ratio": round(steady / model_only, 3),
@@ -127,7 +146,8 @@ def main() -> None:
     print(f"end to end   : {end_to_end:8.2f} items/s ({args.images} items in {summary.seconds:.1f} s, start-up included)")
     print(f"  start-up   : {first_out:8.2f} s until the first rows reached the writer (Ray, actors, model)")
     print(f"  after it   : {steady:8.2f} items/s")
-    print(f"model only   : {model_only:8.2f} items/s (image + title, {pools.embed.threads} threads, batch {pools.embed.batch_size})")
+    print(f"model only   : {model_only:8.2f} items/s (embed image + title and score, {pools.embed.threads} threads, batch {pools.embed.batch_size})")
+    print(f"  embedding  : {embed_only:8.2f} items/s (image + title, no safety scoring)")
     print(f"  image tower: {image_tower:8.2f} images/s")
     print(f"ratio        : {end_to_end / model_only:8.3f} end to end, {steady / model_only:.3f} after start-up")
     print(json.dumps(figures))

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from encoders.weights import WeightsError, resolve_weights
+from safety.policy import load_policy
 
 log = logging.getLogger("shoplens")
 
@@ -86,8 +87,12 @@ def run_demo(out: Path, device: str) -> dict:
     summary = ingest(config).to_dict()
 
     table = ItemStore(config.db).existing(ITEMS)
-    items = table.search().select(["item_id", "title", "vector"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
-    print(f"\n{len(items)} items in {config.db}. Nearest neighbour of each by visual embedding:")
+    items = table.search().select(["item_id", "title", "vector", "decision", "risk"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
+    print(f"\n{len(items)} items in {config.db}. Safety decisions (policy {load_policy().version}):")
+    for item in items:
+        risk = "unscored" if item["risk"] is None else f"risk {item['risk']:.3f}"
+        print(f"  {item['title']:<36} {item['decision']:<9} {risk}")
+    print("Nearest neighbour of each by visual embedding:")
     for item in items:
         hits = (
             table.search(item["vector"], vector_column_name="vector").distance_type("cosine")
