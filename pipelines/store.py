@@ -82,7 +82,10 @@ class ItemStore:
         import lancedb
 
         self.uri = uri
-        self.db = lancedb.connect(uri, storage_options=storage_options(uri))
+        try:
+            self.db = lancedb.connect(uri, storage_options=storage_options(uri))
+        except (ValueError, OSError, RuntimeError) as e:
+            raise self._unreachable(e) from e
 
     def items(self, dim: int):
         """The `items` table, created if missing; refuses a table of another vector size."""
@@ -96,8 +99,17 @@ class ItemStore:
         """The table called `name`, or None when the database has none."""
         try:
             return self.db.open_table(name)
-        except ValueError:  # not found
-            return None
+        except (ValueError, OSError, RuntimeError) as e:
+            if f"{name!r} was not found" in str(e):
+                return None
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, error: Exception) -> StoreError:
+        # An unreachable endpoint, refused credentials, no such bucket: a configuration error.
+        return StoreError(
+            f"{self.uri}: cannot open the database: {error}; check the URI, the credentials in the environment "
+            "and, for an S3-compatible server, AWS_ENDPOINT_URL"
+        )
 
     def _table(self, name: str, schema: pa.Schema):
         table = self.existing(name)
