@@ -69,9 +69,9 @@ def _opened(uri: str, max_bytes: int):
     """A readable file for a local path or remote URI, once its size is known to be allowed."""
     try:
         if "://" in uri:
-            from pyarrow import fs
+            from encoders.object_store import filesystem_for
 
-            filesystem, path = fs.FileSystem.from_uri(uri)
+            filesystem, path = filesystem_for(uri)
             size, f = filesystem.get_file_info(path).size, filesystem.open_input_stream(path)
         else:
             size, f = os.path.getsize(uri), open(uri, "rb")

@@ -52,7 +52,7 @@ def progress_bar(total: int, label: str):
 
 @app.command()
 def ingest(
-    manifest: Path = typer.Argument(..., help="CSV, JSON Lines or Parquet manifest, one row per item."),
+    manifest: str = typer.Argument(..., help="CSV, JSON Lines or Parquet manifest, one row per item: a path, s3:// or gs:// URI."),
     db: str = typer.Option(..., "--db", help="LanceDB database: a folder, s3:// or gs:// URI."),
     model: str = typer.Option("ViT-B-32", help="Any OpenCLIP architecture name."),
     pretrained: str = typer.Option(
@@ -60,7 +60,7 @@ def ingest(
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
-    media_root: Path = typer.Option(None, help="Folder relative media paths resolve against [default: the manifest's]."),
+    media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against [default: the manifest's]."),
     policy: Path = typer.Option(None, help="Safety policy file (YAML) [default: the one shipped with shoplens]."),
     ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
 ) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,17 +35,22 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
-    manifest: Path
+    manifest: str  # a local path, or an s3:// or gs:// URI
     db: str
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
-    media_root: Path | None = None
+    media_root: str | None = None  # a local folder, or an s3:// or gs:// prefix
     policy: Path | None = None  # the safety policy file [default: the one shipped with shoplens]
     ray_address: str | None = None
     write_batch_rows: int = 2048  # items per LanceDB commit: each commit is a table version
     write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
+
+    @field_validator("manifest", "media_root", "db", mode="before")
+    @classmethod
+    def _path_as_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value  # a Path, or a URI
 
     @field_validator("frames")
     @classmethod
@@ -103,11 +108,11 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     for rejected in manifest.rejected:
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
-    rows, previous = store.mark_unchanged(table, manifest.rows, source.provenance)
+    rows = store.mark_unchanged(table, manifest.rows, source.provenance)
     pending = _Pending(store, table, frames_table, config.write_batch_rows)
     last_write = time.monotonic()
     for batch in _scored_batches(rows, source, config, policy, bank):
-        write = _tally(batch, previous, summary)
+        write = _tally(batch, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
         if on_rows:
@@ -140,16 +145,17 @@ def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, p
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
 
-def _tally(batch: dict[str, np.ndarray], previous: dict[str, tuple], summary: IngestSummary) -> np.ndarray:
+def _tally(batch: dict[str, np.ndarray], summary: IngestSummary) -> np.ndarray:
     """Counts each row's outcome in `summary`; returns which rows must be written."""
     write = np.zeros(len(batch["item_id"]), dtype=bool)
-    for i, (item_id, status, error) in enumerate(zip(batch["item_id"], batch["status"], batch["error"])):
-        error = text_or_none(error)
+    rows = zip(batch["item_id"], batch["status"], batch["error"], batch["known_status"], batch["known_error"])
+    for i, (item_id, status, error, known_status, known_error) in enumerate(rows):
+        error, known = text_or_none(error), (text_or_none(known_status), text_or_none(known_error))
         if status == SKIPPED:
-            status, error = previous[item_id]
+            status, error = known
         else:
             # A failure that repeats exactly what is stored changes nothing either.
-            write[i] = not (status == ERROR and previous.get(item_id) == (ERROR, error))
+            write[i] = not (status == ERROR and known == (ERROR, error))
         summary.count(item_id, status, error, written=write[i])
     return write
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -17,6 +18,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 
 from encoders.media import ERROR, OK
+from encoders.object_store import REMOTE_SCHEMES, filesystem_for, is_remote
 from encoders.video import DEFAULT_SAMPLING, FrameSampling
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 KINDS = ("product", "video", "live")
 COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id", "frames")
 REQUIRED = ("item_id", "kind")
-REMOTE_SCHEMES = ("s3", "gs")
 
 
 class ManifestError(ValueError):
@@ -40,9 +41,11 @@ class Manifest:
 def read_manifest(
     path: str | os.PathLike, media_root: str | os.PathLike | None = None, default_frames: str = DEFAULT_SAMPLING
 ) -> Manifest:
-    """Reads and checks a manifest. Videos sample frames as their `frames` cell says, else as
-    `default_frames` says (`uniform:N`, `fps:R` or `scene`)."""
-    path = Path(path)
+    """Reads and checks a manifest: a local path, or an `s3://` / `gs://` URI. Videos sample
+    frames as their `frames` cell says, else as `default_frames` says (`uniform:N`, `fps:R` or
+    `scene`). Relative media paths resolve against `media_root`, by default the manifest's folder
+    (a remote manifest's folder is a remote root: its relative paths name keys under it)."""
+    path = os.fspath(path)
     table = _read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
@@ -50,31 +53,42 @@ def read_manifest(
     unknown = [c for c in table.column_names if c not in COLUMNS]
     if unknown:
         log.warning("%s: ignoring unknown column(s) %s", path, unknown)
-    root = Path(media_root) if media_root is not None else path.parent
-    return _plan(table, root.resolve(), default_frames)
+    root = os.fspath(media_root) if media_root is not None else posixpath.dirname(path) if is_remote(path) else str(Path(path).parent)
+    return _plan(table, root if is_remote(root) else Path(root).resolve(), default_frames)
 
 
-def _read_table(path: Path) -> pa.Table:
+def _read_table(path: str) -> pa.Table:
     from pyarrow import csv, json, parquet
 
-    suffix = path.suffix.lower()
+    suffix = posixpath.splitext(urlparse(path).path if is_remote(path) else path)[1].lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        raise ManifestError(f"{path}: manifest must be .csv, .jsonl or .parquet, not {suffix or 'no extension'!r}")
     try:
+        data = _remote_bytes(path) if is_remote(path) else None
+
+        def source():  # a local path, or a fresh reader over the remote bytes
+            return pa.BufferReader(data) if data is not None else path
+
         if suffix == ".csv":
             # Every column as text: ids like 00123 must not turn into numbers.
-            return csv.read_csv(path, convert_options=csv.ConvertOptions(column_types=_all_strings(path)))
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            return json.read_json(path)
+            return csv.read_csv(source(), convert_options=csv.ConvertOptions(column_types=_all_strings(source())))
         if suffix == ".parquet":
-            return parquet.read_table(path)
+            return parquet.read_table(source())
+        return json.read_json(source())
     except (OSError, pa.ArrowInvalid) as e:
         raise ManifestError(f"cannot read manifest {path}: {e}") from e
-    raise ManifestError(f"{path}: manifest must be .csv, .jsonl or .parquet, not {suffix or 'no extension'!r}")
 
 
-def _all_strings(path: Path) -> dict[str, pa.DataType]:
+def _remote_bytes(uri: str) -> pa.Buffer:
+    filesystem, key = filesystem_for(uri)
+    with filesystem.open_input_stream(key) as f:
+        return f.read_buffer()
+
+
+def _all_strings(source) -> dict[str, pa.DataType]:
     from pyarrow import csv
 
-    with csv.open_csv(path) as reader:
+    with csv.open_csv(source) as reader:
         return {name: pa.string() for name in reader.schema.names}
 
 
@@ -85,7 +99,7 @@ def _text(value) -> str | None:
     return text or None
 
 
-def _plan(table: pa.Table, root: Path, default_frames: str) -> Manifest:
+def _plan(table: pa.Table, root: Path | str, default_frames: str) -> Manifest:
     out = {name: [] for name in ("item_id", "kind", "title", "category", "seller_id", "media_uri", "frames", "status", "error")}
     rejected, seen = [], set()
     columns = {name: table.column(name).to_pylist() if name in table.column_names else None for name in COLUMNS}
@@ -109,7 +123,7 @@ def _plan(table: pa.Table, root: Path, default_frames: str) -> Manifest:
     return Manifest(pa.table({k: pa.array(v, pa.string()) for k, v in out.items()}), rejected)
 
 
-def _check_row(value: dict, root: Path, default_frames: str) -> tuple[str | None, str | None, str | None]:
+def _check_row(value: dict, root: Path | str, default_frames: str) -> tuple[str | None, str | None, str | None]:
     """A keyed row's (media_uri, frames, error): what to read, how to sample it, or why not."""
     kind = value["kind"]
     if kind not in KINDS:
@@ -130,14 +144,17 @@ def _check_row(value: dict, root: Path, default_frames: str) -> tuple[str | None
         return ref, frames, str(e)
 
 
-def resolve_media(ref: str, root: Path) -> str:
-    """A manifest's media reference as a readable URI; local paths must stay inside `root`."""
+def resolve_media(ref: str, root: Path | str) -> str:
+    """A manifest's media reference as a readable URI; relative paths must stay inside `root`, a
+    local folder or an `s3://` / `gs://` prefix."""
     parsed = urlparse(ref)
     scheme = parsed.scheme.lower()
     if scheme in REMOTE_SCHEMES:
         if not ref.lower().startswith(f"{scheme}://") or not parsed.netloc:
             raise ManifestError(f"{ref!r} is not a {scheme}://bucket/key URI")
         return ref
+    if isinstance(root, str):
+        return _remote_key(ref, root)
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ManifestError(f"{ref!r} names another host ({parsed.netloc}): file:// URIs must be local")
@@ -150,3 +167,13 @@ def resolve_media(ref: str, root: Path) -> str:
     if not resolved.is_relative_to(root):
         raise ManifestError(f"path {ref!r} resolves to {resolved}, outside the media root {root}")
     return str(resolved)
+
+
+def _remote_key(ref: str, root: str) -> str:
+    """A relative path under a remote media root, as a URI; anything that leaves the root is refused."""
+    base = urlparse(root)
+    prefix = base.path.rstrip("/")
+    key = posixpath.normpath(posixpath.join(prefix + "/", ref))
+    if urlparse(ref).scheme or ref.startswith("/") or not key.startswith(prefix + "/"):
+        raise ManifestError(f"path {ref!r} is not a relative path inside the remote media root {root}")
+    return f"{base.scheme}://{base.netloc}{key}"

@@ -7,11 +7,13 @@ One writer, in large batches: every LanceDB write makes a table version, and con
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 
 from encoders.media import OK, text_or_none
+from encoders.object_store import s3_endpoint, s3_region
 
 ITEMS = "items"
 FRAMES = "frames"
@@ -24,6 +26,8 @@ SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri
 METADATA_FIELDS = (
     "item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames",
 )
+# What `mark_unchanged` adds to each manifest row from an earlier run's row.
+KNOWN_SCHEMA = pa.schema([(name, pa.string()) for name in ("item_id", "known_sha256", "known_status", "known_error")])
 
 
 class StoreError(RuntimeError):
@@ -80,12 +84,28 @@ def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
     )
 
 
+def storage_options(uri: str) -> dict[str, str]:
+    """LanceDB's options for `uri` from the environment: an S3-compatible server's endpoint (plain
+    http allowed only when the endpoint says http) and region. Credentials stay in the environment,
+    where LanceDB, like every AWS and Google client, finds them itself."""
+    if urlparse(uri).scheme.lower() != "s3":
+        return {}
+    options = {"aws_region": s3_region()} if s3_region() else {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        options |= {"aws_endpoint": endpoint, "allow_http": str(endpoint.lower().startswith("http://")).lower()}
+    return options
+
+
 class ItemStore:
     def __init__(self, uri: str):
         import lancedb
 
         self.uri = uri
-        self.db = lancedb.connect(uri)
+        try:
+            self.db = lancedb.connect(uri, storage_options=storage_options(uri))
+        except (ValueError, OSError, RuntimeError) as e:
+            raise self._unreachable(e) from e
 
     def items(self, dim: int, categories: list[str]):
         """The `items` table, created if missing; refuses a table of another vector size."""
@@ -99,8 +119,17 @@ class ItemStore:
         """The table called `name`, or None when the database has none."""
         try:
             return self.db.open_table(name)
-        except ValueError:  # not found
-            return None
+        except (ValueError, OSError, RuntimeError) as e:
+            if f"{name!r} was not found" in str(e):
+                return None
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, error: Exception) -> StoreError:
+        # An unreachable endpoint, refused credentials, no such bucket: a configuration error.
+        return StoreError(
+            f"{self.uri}: cannot open the database: {error}; check the URI, the credentials in the environment "
+            "and, for an S3-compatible server, AWS_ENDPOINT_URL"
+        )
 
     def _table(self, name: str, schema: pa.Schema):
         table = self.existing(name)
@@ -137,25 +166,34 @@ class ItemStore:
         else:
             table.merge_insert("entry_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
-    def mark_unchanged(self, table, manifest: pa.Table, model: str) -> tuple[pa.Table, dict[str, tuple]]:
-        """Adds `known_sha256` to the manifest rows: the hash an unchanged item's bytes will match.
+    def mark_unchanged(self, table, manifest: pa.Table, model: str, scan_rows: int = 65_536) -> pa.Table:
+        """Adds what earlier runs stored to the manifest rows, as three columns:
 
-        An item is unchanged when an earlier run stored it with the same model and fields, and
-        either embedded it or failed on the same bytes. Returns the rows and, for every item
-        stored with the same model and fields, its stored (status, error), so that a failure
-        that repeats itself exactly is not written again.
+        `known_status`, `known_error`: the stored outcome of an item stored with the same model
+        and fields (null otherwise), so that a skipped item is counted as it was, and a failure
+        that repeats itself exactly is not written again; `known_sha256`: the hash an unchanged
+        item's bytes will match (set only where the manifest row itself is usable).
+
+        The table is streamed in `scan_rows` batches and joined with the manifest in Arrow: the
+        driver holds the manifest and one batch, never the whole table (which may be far larger).
         """
-        stored = table.search().select(["item_id", "media_sha256", "status", "error", *SKIP_KEY_FIELDS])
-        previous = {row["item_id"]: row for row in stored.limit(None).to_arrow().to_pylist()}
-        known, same_fields = [], {}
-        for row in manifest.to_pylist():
-            old = previous.get(row["item_id"])
-            if old is not None and all(old[f] == (model if f == "model" else row[f]) for f in SKIP_KEY_FIELDS):
-                same_fields[row["item_id"]] = (old["status"], old["error"])
-                known.append(old["media_sha256"] if row["status"] == OK else None)
-            else:
-                known.append(None)
-        return manifest.append_column("known_sha256", pa.array(known, pa.string())), same_fields
+        import pyarrow.compute as pc
+
+        known = [KNOWN_SCHEMA.empty_table()]
+        stored = table.search().select(["item_id", "media_sha256", "status", "error", *SKIP_KEY_FIELDS]).limit(None)
+        wanted = manifest.select(["item_id", "status", *SKIP_KEY_FIELDS[1:]])
+        for batch in stored.to_batches(scan_rows):
+            old = pa.Table.from_batches([batch]).join(wanted, "item_id", join_type="inner", right_suffix="_new")
+            same = pc.equal(old["model"], pa.scalar(model))
+            for name in SKIP_KEY_FIELDS[1:]:
+                same = pc.and_(same, _same_text(old[name], old[f"{name}_new"]))
+            old = old.filter(pc.fill_null(same, False))
+            usable = pc.equal(old["status_new"], OK)
+            known.append(pa.table(
+                [old["item_id"], pc.if_else(usable, old["media_sha256"], pa.scalar(None, pa.string())), old["status"], old["error"]],
+                schema=KNOWN_SCHEMA,
+            ))
+        return manifest.join(pa.concat_tables(known), "item_id", join_type="left outer")
 
     def upsert(self, table, rows: pa.Table) -> None:
         if rows.num_rows:
@@ -232,6 +270,13 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     missing = [f for f in schema if f.name not in columns]  # columns other commands fill (dedup, ...)
     columns |= {f.name: pa.nulls(n, f.type) for f in missing}
     return pa.table(columns, schema=schema)
+
+
+def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Element-wise equality of two text columns, where two nulls are the same (no title twice)."""
+    import pyarrow.compute as pc
+
+    return pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
 
 
 def _vectors(values: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:
