@@ -242,3 +242,20 @@ def to_model_pixels(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     )
     top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
     return cv2.cvtColor(resized[top : top + size, left : left + size], cv2.COLOR_BGR2RGB)
+
+
+def frame_at(path: str, timestamp_s: float) -> np.ndarray:
+    """The frame shown at `timestamp_s`, uint8 [H, W, 3] RGB (review evidence). Raises MediaError."""
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise MediaError("not a video OpenCV can open (unknown container or codec)")
+        capture.set(cv2.CAP_PROP_POS_MSEC, max(0.0, float(timestamp_s)) * 1000.0)
+        ok, frame = capture.read()
+    finally:
+        capture.release()
+    if not ok or frame is None:
+        raise MediaError(f"no frame at {timestamp_s:.2f} s")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)

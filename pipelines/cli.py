@@ -127,9 +127,69 @@ def search(
 safety_app = typer.Typer(no_args_is_help=True, help="The safety policy and the bank of known violating media.")
 bank_app = typer.Typer(no_args_is_help=True, help="The PDQ hash bank: a match blocks an item.")
 features_app = typer.Typer(no_args_is_help=True, help="Ranking features for the recommender.")
+review_app = typer.Typer(no_args_is_help=True, help="The moderation review queue, and reviewers' decisions.")
 app.add_typer(safety_app, name="safety")
 safety_app.add_typer(bank_app, name="bank")
 app.add_typer(features_app, name="features")
+app.add_typer(review_app, name="review")
+
+
+def _review_errors() -> tuple[type[Exception], ...]:
+    from pipelines.review import ReviewError
+    from safety.review import ReviewFormatError
+
+    return ReviewError, ReviewFormatError
+
+
+@review_app.command("export")
+def review_export(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    out: Path = typer.Option(..., "--out", help="Folder for tasks.json, labeling_config.xml, review.parquet/.csv, evidence/."),
+    limit: int = typer.Option(None, help="At most this many items, highest risk first."),
+    categories: list[str] = typer.Option(None, "--categories", help="Only items at or over a review threshold of these categories."),
+    include_blocked: bool = typer.Option(False, help="Also export blocked items, for audit."),
+    evidence_prefix: str = typer.Option("", help="Prefix for evidence paths in tasks.json (e.g. Label Studio's /data/local-files/?d=DIR/)."),
+) -> None:
+    """Export the review queue with evidence, in Label Studio's task format and flat files."""
+    from pipelines.review import export_queue
+
+    run_job(lambda: export_queue(db, out, limit, categories, include_blocked, evidence_prefix), usage_errors=_review_errors())
+
+
+@review_app.command("import")
+def review_import(
+    file: Path = typer.Argument(..., help="A Label Studio JSON export, or a CSV item_id,category,label."),
+    db: str = typer.Option(..., "--db", help="LanceDB database the decisions are about."),
+) -> None:
+    """Import reviewers' decisions into the `labels` table (all or nothing)."""
+    from pipelines.review import import_labels
+
+    run_job(lambda: import_labels(db, file), usage_errors=_review_errors())
+
+
+@safety_app.command("calibrate")
+def safety_calibrate(
+    db: str = typer.Option(..., "--db", help="LanceDB database with imported labels."),
+    target_precision: float = typer.Option(0.9, help="Precision the block threshold must reach on the labels."),
+    review_precision: float = typer.Option(0.5, help="Precision the review threshold must reach."),
+) -> None:
+    """Fit the policy to reviewers' labels: heads, calibration, thresholds; store a new version."""
+    from pipelines.calibrate import calibrate
+
+    run_job(lambda: calibrate(db, target_precision, review_precision), usage_errors=_review_errors())
+
+
+@safety_app.command("rescore")
+def safety_rescore(
+    db: str = typer.Option(..., "--db", help="LanceDB database to decide again."),
+    pretrained: str = typer.Option(None, help="Weights of the table's model, for a table built from a local checkpoint."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Apply the database's current policy to stored scores and embeddings, without re-embedding."""
+    from pipelines.calibrate import rescore
+    from pipelines.search import SearchError
+
+    run_job(lambda: rescore(db, pretrained, device), usage_errors=(*_review_errors(), SearchError))
 
 
 @bank_app.command("add")
@@ -141,9 +201,9 @@ def bank_add(
 ) -> None:
     """Add images to the hash bank; later ingests block items that match them."""
     from pipelines.bank import add_to_bank
-    from safety.policy import load_policy
+    from pipelines.store import ItemStore
 
-    run_job(lambda: add_to_bank(db, files, category, load_policy(policy)))
+    run_job(lambda: add_to_bank(db, files, category, ItemStore(db).policy(policy)[0]))
 
 
 @features_app.command("export")

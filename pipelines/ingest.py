@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -21,9 +22,9 @@ from encoders.video import DEFAULT_SAMPLING, FrameSampling
 from encoders.weights import ModelSource, resolve_weights
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
-from pipelines.store import ItemStore, frame_rows, item_rows
+from pipelines.store import ItemStore, PendingWrites
 from safety.hashbank import HashBank
-from safety.policy import Policy, load_policy
+from safety.policy import Policy
 from safety.stage import EmbedAndScore
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class IngestConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
     media_root: str | None = None  # a local folder, or an s3:// or gs:// prefix
-    policy: Path | None = None  # the safety policy file [default: the one shipped with shoplens]
+    policy: Path | None = None  # a safety policy file [default: the database's calibrated one, else the shipped one]
     ray_address: str | None = None
     write_batch_rows: int = 2048  # items per LanceDB commit: each commit is a table version
     write_interval_s: float = 60.0  # ...or this often, so a long job's progress is durable
@@ -93,7 +94,6 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     per-item problems are recorded in rows and counted in the summary."""
     started = time.perf_counter()
     manifest = read_manifest(config.manifest, config.media_root, config.frames)
-    policy = load_policy(config.policy)
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
     # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -101,6 +101,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         init_ray(config.ray_address)
         source = resolving.result()
     store = ItemStore(config.db)
+    policy, heads = store.policy(config.policy)
     table = store.items(source.embed_dim, policy.names)
     frames_table = store.frames(source.embed_dim, policy.names)
     bank = store.hash_bank()
@@ -109,9 +110,9 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
     rows = store.mark_unchanged(table, manifest.rows, source.provenance)
-    pending = _Pending(store, table, frames_table, config.write_batch_rows)
+    pending = PendingWrites(store, table, frames_table, config.write_batch_rows)
     last_write = time.monotonic()
-    for batch in _scored_batches(rows, source, config, policy, bank):
+    for batch in _scored_batches(rows, source, config, policy, heads, bank):
         write = _tally(batch, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
@@ -126,7 +127,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     return summary
 
 
-def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, bank: HashBank):
+def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, heads, bank: HashBank):
     """The Ray Data pipeline: batches of decoded, embedded and scored rows, in no particular order."""
     if rows.num_rows == 0:
         return
@@ -140,7 +141,7 @@ def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, p
     ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True)
     ds = apply_stage(
         ds, EmbedAndScore, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
-        policy=policy, bank=bank, num_threads=pools.embed.threads, source=source,
+        policy=policy, heads=heads, bank=bank, num_threads=pools.embed.threads, source=source,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
@@ -158,36 +159,3 @@ def _tally(batch: dict[str, np.ndarray], summary: IngestSummary) -> np.ndarray:
             write[i] = not (status == ERROR and known == (ERROR, error))
         summary.count(item_id, status, error, written=write[i])
     return write
-
-
-class _Pending:
-    """Rows waiting for the one writer, committed in batches of at most `commit_rows` items."""
-
-    def __init__(self, store: ItemStore, items, frames, commit_rows: int):
-        self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
-        self.item_rows: list[pa.Table] = []
-        self.frame_rows: list[pa.Table] = []
-        self.rows = 0
-
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        self.item_rows.append(item_rows(batch, self.items.schema))
-        self.frame_rows.append(frame_rows(batch, self.frames.schema))
-        self.rows += len(batch["item_id"])
-
-    def flush(self) -> int:
-        import pyarrow.compute as pc
-
-        if not self.rows:
-            return 0
-        items, frames = pa.concat_tables(self.item_rows), pa.concat_tables(self.frame_rows)
-        for start in range(0, items.num_rows, self.commit_rows):
-            chunk = items.slice(start, self.commit_rows)
-            # Frames first: a crash between the two commits then leaves items that a re-run
-            # redoes, never an item marked done whose frames are missing.
-            chunk_frames = frames.filter(pc.is_in(frames["item_id"], value_set=chunk["item_id"]))
-            self.store.replace_frames(self.frames, chunk["item_id"].to_pylist(), chunk_frames)
-            self.store.upsert(self.items, chunk)
-        written, self.rows = self.rows, 0
-        self.item_rows.clear()
-        self.frame_rows.clear()
-        return written

@@ -7,6 +7,7 @@ One writer, in large batches: every LanceDB write makes a table version, and con
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import urlparse
 
 import numpy as np
@@ -18,6 +19,8 @@ from encoders.object_store import s3_endpoint, s3_region
 ITEMS = "items"
 FRAMES = "frames"
 HASH_BANK = "hash_bank"
+POLICIES = "policies"
+LABELS = "labels"
 VIDEO_KINDS = ("video", "live")
 UNSCORED = "unscored"
 # What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
@@ -44,6 +47,7 @@ SAFETY_FIELDS = (
     pa.field("risk_topk_mean", pa.float32()),
     pa.field("frames_over_review", pa.int32()),
     pa.field("hash_match", pa.string()),  # the hash-bank entry an item matched
+    pa.field("signal_scores", pa.string()),  # JSON: each signal's raw outputs, for rescoring
 )
 
 
@@ -62,6 +66,7 @@ def items_schema(dim: int, categories: list[str]) -> pa.Schema:
             pa.field("model", pa.string()),
             pa.field("updated_at", pa.timestamp("us", tz="UTC")),
             pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
+            pa.field("pdq_quality", pa.int32()),
         ]
         + risk_fields(categories)
         + list(SAFETY_FIELDS)
@@ -77,7 +82,9 @@ def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("model", pa.string()),
             pa.field("pdq", pa.string()),
+            pa.field("pdq_quality", pa.int32()),
             pa.field("hash_match", pa.string()),
+            pa.field("signal_scores", pa.string()),
         ]
         + risk_fields(categories)
         + [pa.field("risk", pa.float32())]
@@ -160,11 +167,45 @@ class ItemStore:
 
     def add_to_bank(self, rows: pa.Table) -> None:
         """Upserts bank entries (keyed by `entry_id`, the file's checksum): adding a file twice is a no-op."""
-        table = self.existing(HASH_BANK)
+        self._create_or_upsert(HASH_BANK, rows, ["entry_id"])
+
+    def upsert_labels(self, rows: pa.Table) -> None:
+        """Reviewers' labels, keyed by (item_id, category): one commit, so an import lands whole."""
+        self._create_or_upsert(LABELS, rows, ["item_id", "category"])
+
+    def _create_or_upsert(self, name: str, rows: pa.Table, keys: list[str]) -> None:
+        table = self.existing(name)
         if table is None:
-            self.db.create_table(HASH_BANK, data=rows)
+            self.db.create_table(name, data=rows)
         else:
-            table.merge_insert("entry_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            table.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+    def save_policy(self, policy, heads, report: dict) -> None:
+        """Stores a (calibrated) policy version with its heads; the newest is the database's policy."""
+        from safety.policy import policy_yaml
+
+        row = pa.table({
+            "version": [policy.version], "created_at": [dt.datetime.now(dt.timezone.utc)], "policy": [policy_yaml(policy)],
+            "heads": pa.array([heads.to_bytes() if heads else None], pa.binary()), "report": [json.dumps(report)],
+        })
+        table = self.existing(POLICIES)
+        if table is None:
+            self.db.create_table(POLICIES, data=row)
+        else:
+            table.add(row)
+
+    def policy(self, path=None):
+        """(policy, heads) to score with: the file at `path`; else the newest policy stored in
+        the database (by `shoplens safety calibrate`), with its heads; else the shipped one."""
+        from safety.heads import EmbeddingHeads
+        from safety.policy import load_policy, parse_policy
+
+        table = None if path else self.existing(POLICIES)
+        if table is None or table.count_rows() == 0:
+            return load_policy(path), None
+        newest = table.search().select(["version", "created_at", "policy", "heads"]).limit(None).to_arrow().sort_by([("created_at", "descending")]).slice(0, 1).to_pylist()[0]
+        heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
+        return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
 
     def mark_unchanged(self, table, manifest: pa.Table, model: str, scan_rows: int = 65_536) -> pa.Table:
         """Adds what earlier runs stored to the manifest rows, as three columns:
@@ -227,7 +268,8 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     """One row per sampled frame of each embedded video or live segment, with its risks."""
     dim = schema.field("vector").type.list_size
     risk_names = [name for name in schema.names if name.startswith("risk_")]
-    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "hash_match": []}
+    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "pdq_quality": [], "hash_match": [],
+               "signal_scores": []}
     vectors, risks = [], []
     for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
         count = len(batch["frame_index"][i])
@@ -236,7 +278,9 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
         columns["timestamp_s"] += list(batch["timestamp_s"][i])
         columns["model"] += [batch["model"][i]] * count
         columns["pdq"] += list(batch["pdq"][i])
+        columns["pdq_quality"] += [None if q < 0 else int(q) for q in batch["pdq_quality"][i]]
         columns["hash_match"] += list(batch["frame_hash_match"][i])
+        columns["signal_scores"] += list(batch["frame_signal_scores"][i])
         vectors.append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
         risks.append(np.asarray(batch["frame_risks"][i], np.float32).reshape(-1, len(risk_names)))
     n = len(columns["item_id"])
@@ -260,15 +304,19 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     columns["text_vector"] = _vectors(batch["text_vector"], titled, dim)
     columns["model"] = _strings(batch["model"])
     columns["updated_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
-    columns["pdq"] = _strings([h[0] if kind == "product" and len(h) else None for kind, h in zip(batch["kind"], batch["pdq"])])
+    first = [kind == "product" and len(h) > 0 for kind, h in zip(batch["kind"], batch["pdq"])]  # a product's one frame
+    columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
+    columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
     for field in schema:
         if field.name.startswith("risk") or field.name in [f.name for f in SAFETY_FIELDS]:
             values = batch.get(field.name)
             columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
     if "decision" not in batch:
         columns["decision"] = pa.array([UNSCORED] * n, pa.string())
-    missing = [f for f in schema if f.name not in columns]  # columns other commands fill (dedup, ...)
-    columns |= {f.name: pa.nulls(n, f.type) for f in missing}
+    # Columns other commands fill (dedup, ...): kept when the batch carries them (a rescore of
+    # stored rows), else null (a re-ingested item is a new item).
+    missing = [f for f in schema if f.name not in columns]
+    columns |= {f.name: pa.array(list(batch[f.name]), f.type) if f.name in batch else pa.nulls(n, f.type) for f in missing}
     return pa.table(columns, schema=schema)
 
 
@@ -301,3 +349,36 @@ def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
         values = np.asarray(values, np.int64)
         return pa.array(values, type_, mask=values < 0)  # -1: not counted
     return _strings(values)
+
+
+class PendingWrites:
+    """Rows waiting for the one writer, committed in batches of at most `commit_rows` items."""
+
+    def __init__(self, store: ItemStore, items, frames, commit_rows: int):
+        self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
+        self.item_rows: list[pa.Table] = []
+        self.frame_rows: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        self.item_rows.append(item_rows(batch, self.items.schema))
+        self.frame_rows.append(frame_rows(batch, self.frames.schema))
+        self.rows += len(batch["item_id"])
+
+    def flush(self) -> int:
+        import pyarrow.compute as pc
+
+        if not self.rows:
+            return 0
+        items, frames = pa.concat_tables(self.item_rows), pa.concat_tables(self.frame_rows)
+        for start in range(0, items.num_rows, self.commit_rows):
+            chunk = items.slice(start, self.commit_rows)
+            # Frames first: a crash between the two commits then leaves items that a re-run
+            # redoes, never an item marked done whose frames are missing.
+            chunk_frames = frames.filter(pc.is_in(frames["item_id"], value_set=chunk["item_id"]))
+            self.store.replace_frames(self.frames, chunk["item_id"].to_pylist(), chunk_frames)
+            self.store.upsert(self.items, chunk)
+        written, self.rows = self.rows, 0
+        self.item_rows.clear()
+        self.frame_rows.clear()
+        return written

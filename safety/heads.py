@@ -3,10 +3,13 @@ reviewers' labels and stored in a weights file that a policy names."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from safety.policy import sigmoid
 
 
 @dataclass(frozen=True)
@@ -18,16 +21,24 @@ class EmbeddingHeads:
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         """P(violating) [N, C] for embeddings [N, D]."""
-        return _sigmoid(np.asarray(vectors, np.float64) @ self.weights.T + self.bias).astype(np.float32)
+        return sigmoid(np.asarray(vectors, np.float64) @ self.weights.T + self.bias).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, categories=np.array(self.categories), weights=self.weights, bias=self.bias, model=np.array(self.model))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EmbeddingHeads:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return cls([str(c) for c in f["categories"]], f["weights"], f["bias"], str(f["model"]))
 
     def save(self, path: str | Path) -> None:
-        with open(path, "wb") as f:  # np.savez would append .npz to a name without it
-            np.savez(f, categories=np.array(self.categories), weights=self.weights, bias=self.bias, model=np.array(self.model))
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingHeads:
-        with np.load(path, allow_pickle=False) as f:
-            return cls([str(c) for c in f["categories"]], f["weights"], f["bias"], str(f["model"]))
+        return cls.from_bytes(Path(path).read_bytes())
 
 
 def train_heads(vectors: np.ndarray, labels: dict[str, tuple[np.ndarray, np.ndarray]], model: str, l2: float = 1e-2) -> EmbeddingHeads:
@@ -38,17 +49,17 @@ def train_heads(vectors: np.ndarray, labels: dict[str, tuple[np.ndarray, np.ndar
     weights = np.zeros((len(categories), vectors.shape[1]))
     bias = np.zeros(len(categories))
     for c, (rows, y) in enumerate(labels.values()):
-        weights[c], bias[c] = _fit_logistic(vectors[rows], np.asarray(y, np.float64), l2)
+        weights[c], bias[c] = fit_logistic(vectors[rows], np.asarray(y, np.float64), l2)
     return EmbeddingHeads(categories, weights, bias, model)
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> tuple[np.ndarray, float]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> tuple[np.ndarray, float]:
     design = np.hstack([x, np.ones((len(x), 1))])
     theta = np.zeros(design.shape[1])
     penalty = np.full(design.shape[1], l2)
     penalty[-1] = 0.0  # the bias is not shrunk
     for _ in range(steps):
-        p = _sigmoid(design @ theta)
+        p = sigmoid(design @ theta)
         gradient = design.T @ (p - y) + penalty * theta
         hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty)
         step = np.linalg.solve(hessian + 1e-9 * np.eye(len(theta)), gradient)
@@ -58,5 +69,3 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> t
     return theta[:-1], float(theta[-1])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|

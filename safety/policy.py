@@ -4,6 +4,7 @@ turn probabilities into decisions. Scoring (safety/signals) never decides; `Poli
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,22 @@ class AggregationPolicy(_Strict):
     top_k: int = Field(default=3, ge=1)
 
 
+class CategoryCalibration(_Strict):
+    """A fitted combination of a category's signals: sigmoid(bias + sum of weight * logit(score))
+    (`shoplens safety calibrate`); a signal absent for an item adds nothing."""
+
+    bias: float
+    weights: dict[str, float]  # signal name -> weight of its logit
+
+    def apply(self, signals: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        """Calibrated probabilities [rows] from each signal's scores [rows] for this category."""
+        z = np.full(rows, self.bias)
+        for signal, weight in self.weights.items():
+            if signal in signals:
+                z += weight * np.nan_to_num(logit(signals[signal]), nan=0.0)
+        return sigmoid(z)
+
+
 class Policy(_Strict):
     version: str = Field(min_length=1)
     description: str = ""
@@ -62,6 +79,8 @@ class Policy(_Strict):
     heads: str | None = None  # a weights file (safety.heads), relative to the policy file
     aggregation: AggregationPolicy = AggregationPolicy()
     categories: dict[str, CategoryPolicy] = Field(min_length=1)
+    calibration: dict[str, CategoryCalibration] = {}
+    parent: str | None = None  # the version this one was calibrated from
     source: str | None = None  # where it was loaded from (not part of the file)
 
     @model_validator(mode="after")
@@ -75,6 +94,8 @@ class Policy(_Strict):
             unknown = {c for cats in spec.outputs.values() for c in cats} - set(self.categories)
             if unknown:
                 raise ValueError(f"pixel model {model!r} feeds unknown categories {sorted(unknown)}")
+        if set(self.calibration) - set(self.categories):
+            raise ValueError(f"calibration for unknown categories {sorted(set(self.calibration) - set(self.categories))}")
         if set(self.prompt_bank.fields) - {"image", "title"}:
             raise ValueError(f"prompt_bank.fields are image and/or title, not {self.prompt_bank.fields}")
         return self
@@ -97,6 +118,18 @@ class Policy(_Strict):
         path = Path(self.heads)
         return path if path.is_absolute() or self.source is None else Path(self.source).parent / path
 
+    def fuse(self, per_signal: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        """Category risks [T, C] from each signal's [T, C] scores (NaN where a signal does not
+        feed a category): the largest, or the category's calibrated combination."""
+        stacked = np.stack(list(per_signal.values())) if per_signal else np.full((1, rows, len(self.categories)), np.nan)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN category stays NaN: unscored
+            risks = np.nanmax(stacked, axis=0).astype(np.float32)
+        for k, name in enumerate(self.categories):
+            if name in self.calibration:
+                risks[:, k] = self.calibration[name].apply({s: scores[:, k] for s, scores in per_signal.items()}, rows)
+        return risks
+
     def decide(self, risks: np.ndarray, scored: np.ndarray, hash_matched: np.ndarray) -> np.ndarray:
         """Decisions for items with category risks [N, C]: `block` when any category reaches its
         block threshold or the item matches the hash bank, `review` when any reaches its review
@@ -109,15 +142,37 @@ class Policy(_Strict):
         return decisions
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """The policy at `path` (YAML), or the default one shipped with the package."""
+def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
+
+
+def policy_yaml(policy: Policy) -> str:
     import yaml
 
+    return yaml.safe_dump(policy.model_dump(exclude={"source"}), sort_keys=False, allow_unicode=True)
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    import yaml
+
+    try:
+        return Policy(**yaml.safe_load(text), source=source)
+    except yaml.YAMLError as e:
+        raise PolicyError(f"cannot read policy {source}: {e}") from None
+    except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise PolicyError(f"invalid policy {source}: {e}") from None
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The policy at `path` (YAML), or the default one shipped with the package."""
     path = Path(path) if path else DEFAULT_POLICY
     try:
-        document = yaml.safe_load(path.read_text())
-        return Policy(**document, source=str(path))
-    except (OSError, yaml.YAMLError) as e:
+        text = path.read_text()
+    except OSError as e:
         raise PolicyError(f"cannot read policy {path}: {e}") from None
-    except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
-        raise PolicyError(f"invalid policy {path}: {e}") from None
+    return parse_policy(text, str(path))

@@ -1,15 +1,21 @@
-"""The scoring stage: every frame and title through the policy's signals, frames aggregated into
-their item, and the policy's decision.
+"""The scoring stage: every frame and title through the policy's signals, the signals fused into
+category risks, frames aggregated into their item, and the policy's decision.
 
-Each signal maps its inputs to probabilities [T, C] over the policy's categories (NaN where it
-does not feed a category); a category's risk is the largest any signal gives it. A signal that
-fails, or returns a non-finite probability, for an item leaves that item `unscored` with the
-reason in `safety_error`: an item is never reported as safe because a signal was missing.
+Each signal maps its inputs to raw outputs (a pixel model's `nsfw`, a prompt bank's categories),
+which feed the policy's categories; the policy fuses the signals of a category (the largest, or
+a calibrated combination). A signal that fails, or returns a non-finite probability, for an item
+leaves that item `unscored` with the reason in `safety_error`: an item is never reported as safe
+because a signal was missing.
+
+Raw outputs are kept (`signal_scores`, per item and per frame) so that `shoplens safety rescore`
+can apply a new policy without the pixels: embedding signals are recomputed from the stored
+embeddings, pixel models' outputs are read back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Callable
 
@@ -22,51 +28,63 @@ from safety.pixels import PIXEL_MODELS
 from safety.policy import UNSCORED, Policy, PolicyError
 from safety.prompts import PromptBank
 
-# Columns the stage adds (besides `risk_<category>`): what the store and the features export read.
-ITEM_COLUMNS = ("risk", "decision", "safety_version", "safety_error", "evidence_timestamp_s", "risk_topk_mean",
-                "frames_over_review", "hash_match")
+TITLE_SIGNAL = "title_prompt_bank"
 
 
 class _Signal:
-    """A named scorer of vectors or pixels: `fn(inputs) -> [T, K]`, whose K outputs feed
-    categories through `feeds` [K, C]."""
+    """A named scorer: `fn(inputs) -> [T, K]` raw outputs named `outputs`, which feed the
+    policy's categories through `feeds` [K, C]. `inputs` says what it reads: `vectors`, `pixels`,
+    or `stored` (its own outputs kept from an earlier run)."""
 
-    def __init__(self, name: str, inputs: str, fn: Callable[[np.ndarray], np.ndarray], feeds: np.ndarray):
-        self.name, self.inputs, self.fn, self.feeds = name, inputs, fn, feeds.astype(bool)
+    def __init__(self, name: str, inputs: str, fn: Callable[[np.ndarray], np.ndarray] | None, outputs, feeds: np.ndarray):
+        self.name, self.inputs, self.fn, self.outputs, self.feeds = name, inputs, fn, tuple(outputs), feeds.astype(bool)
 
-    def scores(self, values: np.ndarray) -> np.ndarray:
+    def raw(self, values: np.ndarray) -> np.ndarray:
+        out = np.asarray(values if self.fn is None else self.fn(values), np.float32)
+        return out.reshape(len(values), len(self.outputs))
+
+    def by_category(self, raw: np.ndarray) -> np.ndarray:
         """[T, C]: for each category, the largest output feeding it; NaN where none does."""
-        out = np.asarray(self.fn(values), np.float32).reshape(len(values), len(self.feeds))
-        fed = np.where(self.feeds[None, :, :], out[:, :, None], np.nan)  # [T, K, C]
+        fed = np.where(self.feeds[None, :, :], raw[:, :, None], np.nan)  # [T, K, C]
         with _all_nan_ok():
             return np.nanmax(fed, axis=1)
 
 
 class SafetyScorer:
-    """Scoring stage. Reads `status`, `frame_vectors` [F, D], `pixels` [F, S, S, 3], `pdq`,
-    `pdq_quality`, `timestamp_s` [F], `kind`, `title` and `text_vector`; adds `risk_<category>`,
-    the columns in ITEM_COLUMNS, and per frame `frame_risks` [F, C] and `frame_hash_match` [F]."""
+    """Scoring stage. Reads `status`, `kind`, `title`, `text_vector`, and per frame
+    `frame_vectors` [F, D], `pixels` [F, S, S, 3] (or, with `stored_pixel_scores`,
+    `frame_signal_scores`: the raw outputs an earlier run kept), `pdq`, `pdq_quality`,
+    `timestamp_s`. Adds `risk_<category>`, `risk`, `decision`, `safety_version`, `safety_error`,
+    `evidence_timestamp_s`, `risk_topk_mean`, `frames_over_review`, `hash_match`,
+    `signal_scores`, and per frame `frame_risks` [F, C], `frame_hash_match`, `frame_signal_scores`."""
 
     def __init__(
         self, policy: Policy, encode_texts: Callable[[list[str]], np.ndarray], model: str,
-        bank: HashBank = HashBank(), num_threads: int | None = None,
+        bank: HashBank = HashBank(), num_threads: int | None = None, heads: EmbeddingHeads | None = None,
+        stored_pixel_scores: bool = False,
     ):
         self.policy, self.bank = policy, bank
         names = policy.names
         identity = np.eye(len(names), dtype=bool)
         prompts = PromptBank(policy, encode_texts, model)
-        self.frame_signals = [_Signal("prompt_bank", "vectors", prompts, identity)] if "image" in policy.prompt_bank.fields else []
-        self.title_signals = [_Signal("prompt_bank", "vectors", prompts, identity)] if "title" in policy.prompt_bank.fields else []
-        if policy.heads is not None:
-            heads = EmbeddingHeads.load(policy.heads_path())
+        self.frame_signals, self.title_signals = [], []
+        if "image" in policy.prompt_bank.fields:
+            self.frame_signals.append(_Signal("prompt_bank", "vectors", prompts, names, identity))
+        if "title" in policy.prompt_bank.fields:
+            self.title_signals.append(_Signal(TITLE_SIGNAL, "vectors", prompts, names, identity))
+        heads = heads or (EmbeddingHeads.load(policy.heads_path()) if policy.heads else None)
+        if heads is not None:
             if heads.model != model:
                 raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {model}")
             feeds = np.array([[h == c for c in names] for h in heads.categories], bool)
-            self.frame_signals.append(_Signal("heads", "vectors", heads, feeds))
+            self.frame_signals.append(_Signal("heads", "vectors", heads, heads.categories, feeds))
         for name, spec in policy.pixel_models.items():
-            model_cls = PIXEL_MODELS[name]
-            feeds = np.array([[c in spec.outputs.get(output, []) for c in names] for output in model_cls.outputs], bool)
-            self.frame_signals.append(_Signal(name, "pixels", model_cls(num_threads), feeds))
+            outputs = PIXEL_MODELS[name].outputs
+            feeds = np.array([[c in spec.outputs.get(output, []) for c in names] for output in outputs], bool)
+            if stored_pixel_scores:
+                self.frame_signals.append(_Signal(name, "stored", None, outputs, feeds))
+            else:
+                self.frame_signals.append(_Signal(name, "pixels", PIXEL_MODELS[name](num_threads), outputs, feeds))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, names = len(batch["status"]), self.policy.names
@@ -76,13 +94,24 @@ class SafetyScorer:
         # Frames of all ok rows, flat: `owner` says whose each is.
         counts = [len(batch["frame_vectors"][i]) for i in ok]
         owner = np.repeat(ok, counts)
-        per_item = {"vectors": [batch["frame_vectors"][i] for i in ok], "pixels": [batch["pixels"][i] for i in ok]}
-        frame_risks = self._run(self.frame_signals, per_item, ok, owner, failed)  # [T, C]
+        inputs = {"vectors": [batch["frame_vectors"][i] for i in ok]}
+        if "pixels" in batch:
+            inputs["pixels"] = [batch["pixels"][i] for i in ok]
+        raw = {s.name: self._raw(s, inputs, ok, owner, batch, failed) for s in self.frame_signals}
+        per_signal = {s.name: s.by_category(raw[s.name]) for s in self.frame_signals}
         titled = np.array([i for i in ok if text_or_none(batch["title"][i]) is not None], np.int64)
-        title_risks = self._run(self.title_signals, {"vectors": [batch["text_vector"][i][None] for i in titled]}, titled, titled, failed)
+        title_inputs = {"vectors": [np.asarray(batch["text_vector"][i], np.float32)[None] for i in titled]}
+        title_raw = {s.name: self._raw(s, title_inputs, titled, titled, batch, failed) for s in self.title_signals}
+        for signal in self.title_signals:  # an item's title counts for each of its frames
+            per_frame = np.full((len(owner), len(names)), np.nan, np.float32)
+            by_item = dict(zip(titled.tolist(), signal.by_category(title_raw[signal.name])))
+            for t, item in enumerate(owner.tolist()):
+                per_frame[t] = by_item.get(item, np.nan)
+            per_signal[signal.name] = per_frame
+        frame_risks = self.policy.fuse(per_signal, len(owner))
 
         hashes = [h for i in ok for h in batch["pdq"][i]]
-        qualities = np.concatenate([batch["pdq_quality"][i] for i in ok]) if len(ok) else np.zeros(0, np.int32)
+        qualities = np.concatenate([np.asarray(batch["pdq_quality"][i]) for i in ok]) if len(ok) else np.zeros(0, np.int32)
         entry, _ = self.bank.match(hashes, qualities, self.policy.hash_bank)
         for t in np.flatnonzero(entry >= 0):  # a bank match is certain for the entry's category
             category = self.bank.categories[entry[t]]
@@ -90,55 +119,72 @@ class SafetyScorer:
                 frame_risks[t, names.index(category)] = 1.0
         frame_hash_match = np.array([self.bank.entry_ids[e] if e >= 0 else None for e in entry], dtype=object)
 
-        out = self._aggregate(batch, ok, owner, frame_risks, titled, title_risks, frame_hash_match, failed)
+        out = self._aggregate(batch, ok, owner, frame_risks, frame_hash_match, failed)
         frame_risks[np.isin(owner, [i for i in ok if out["decision"][i] == UNSCORED])] = np.nan
-        per_item_risks = np.empty(n, dtype=object)
-        per_item_matches = np.empty(n, dtype=object)
-        per_item_risks[:] = [np.zeros((0, len(names)), np.float32)] * n
-        per_item_matches[:] = [np.zeros(0, dtype=object)] * n
-        splits = np.cumsum(counts)[:-1]
-        for i, risks, matches in zip(ok, np.split(frame_risks, splits), np.split(frame_hash_match, splits)):
-            per_item_risks[i], per_item_matches[i] = risks, matches
-        return {**batch, **out, "frame_risks": per_item_risks, "frame_hash_match": per_item_matches}
+        frame_scores = [self._scores_json(raw, t) for t in range(len(owner))]
+        per_item = {key: _objects(n) for key in ("frame_risks", "frame_hash_match", "frame_signal_scores")}
+        signal_scores = _objects(n)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        title_row = {item: j for j, item in enumerate(titled.tolist())}
+        for k, i in enumerate(ok):
+            mine = slice(starts[k], starts[k + 1])
+            per_item["frame_risks"][i] = frame_risks[mine]
+            per_item["frame_hash_match"][i] = frame_hash_match[mine]
+            per_item["frame_signal_scores"][i] = frame_scores[mine]
+            item_raw = {name: values[mine].max(axis=0, keepdims=True) for name, values in raw.items()}
+            if i in title_row:
+                item_raw |= {name: values[title_row[i]][None] for name, values in title_raw.items()}
+            signal_scores[i] = self._scores_json(item_raw, 0)
+        return {**batch, **out, **per_item, "signal_scores": signal_scores}
 
-    def _run(
-        self, signals: list[_Signal], inputs: dict[str, list[np.ndarray]], items: np.ndarray, owner: np.ndarray, failed: dict[int, str]
-    ) -> np.ndarray:
-        """All `signals` on every item's inputs (`inputs[kind][j]`: the rows of `owner == items[j]`),
-        combined by maximum. A signal that fails on the whole batch is retried item by item, so
-        one bad item costs only its own score."""
-        risks = np.full((len(owner), len(self.policy.names)), np.nan, np.float32)
-        for signal in signals:
-            values = inputs[signal.inputs]
-            if not values:
-                continue
-            try:
-                scores = signal.scores(np.concatenate(values))
-            except Exception:
-                scores = np.full_like(risks, np.nan)
-                for item, mine in zip(items, values):
-                    try:
-                        scores[owner == item] = signal.scores(np.asarray(mine))
-                    except Exception as e:
-                        failed.setdefault(int(item), f"safety signal {signal.name} failed: {type(e).__name__}: {e}")
-            broken = (~np.isfinite(scores) & signal.feeds.any(axis=0)[None, :]).any(axis=1)
-            for item in np.unique(owner[broken]):
-                failed.setdefault(int(item), f"safety signal {signal.name} gave a non-finite score")
-            risks = np.fmax(risks, scores)
-        return risks
+    def _raw(self, signal: _Signal, inputs: dict, items: np.ndarray, owner: np.ndarray, batch, failed: dict[int, str]) -> np.ndarray:
+        """`signal`'s raw outputs [T, K] for every row of `owner` (NaN where it failed). It runs
+        on the whole batch at once; when that fails, item by item, so one bad item costs only
+        its own score."""
+        out = np.full((len(owner), len(signal.outputs)), np.nan, np.float32)
+        values = _stored(signal, batch, items) if signal.inputs == "stored" else inputs[signal.inputs]
+        usable = []
+        for item, value in zip(items, values):
+            if isinstance(value, Exception):
+                failed.setdefault(int(item), f"safety signal {signal.name} failed: {value}")
+            else:
+                usable.append((item, value))
+        rows = np.isin(owner, [item for item, _ in usable])
+        try:
+            if usable:
+                out[rows] = signal.raw(np.concatenate([value for _, value in usable]))
+        except Exception:
+            for item, value in usable:
+                try:
+                    out[owner == item] = signal.raw(np.asarray(value))
+                except Exception as e:
+                    failed.setdefault(int(item), f"safety signal {signal.name} failed: {type(e).__name__}: {e}")
+        for item in np.unique(owner[rows & ~np.isfinite(out).all(axis=1)]):
+            failed.setdefault(int(item), f"safety signal {signal.name} gave no finite score")
+        return out
 
-    def _aggregate(self, batch, ok, owner, frame_risks, titled, title_risks, frame_hash_match, failed) -> dict[str, np.ndarray]:
+    def _scores_json(self, raw: dict[str, np.ndarray], row: int) -> str:
+        outputs = {s.name: s.outputs for s in self.frame_signals + self.title_signals}
+        return json.dumps({
+            name: {o: (None if not np.isfinite(v) else round(float(v), 6)) for o, v in zip(outputs[name], values[row])}
+            for name, values in raw.items()
+        })
+
+    def _aggregate(self, batch, ok, owner, frame_risks, frame_hash_match, failed) -> dict[str, np.ndarray]:
         n, names = len(batch["status"]), self.policy.names
         item_risks = np.full((n, len(names)), np.nan, np.float32)
         topk_mean = np.full(n, np.nan, np.float32)
         over_review = np.full(n, -1, np.int32)
         evidence = np.full(n, np.nan, np.float32)
         hash_match = np.full(n, None, dtype=object)
-        frame_max = np.nanmax(np.where(np.isnan(frame_risks), -np.inf, frame_risks), axis=1) if len(owner) else np.zeros(0)
         with _all_nan_ok():
+            frame_max = np.nanmax(np.where(np.isnan(frame_risks), -np.inf, frame_risks), axis=1) if len(owner) else np.zeros(0)
             reaching_review = (frame_risks >= self.policy.review_thresholds).any(axis=1)
         for i in ok:
-            mine = np.flatnonzero(owner == i)  # never empty: an ok row has frames
+            mine = np.flatnonzero(owner == i)
+            if len(mine) == 0:  # decoding always gives frames; stored rows may have lost theirs
+                failed.setdefault(int(i), "no frames to score")
+                continue
             with _all_nan_ok():
                 item_risks[i] = np.nanmax(frame_risks[mine], axis=0)
             topk_mean[i] = np.sort(frame_max[mine])[::-1][: self.policy.aggregation.top_k].mean()
@@ -146,7 +192,6 @@ class SafetyScorer:
             if batch["kind"][i] != "product":
                 evidence[i] = batch["timestamp_s"][i][np.argmax(frame_max[mine])]
             hash_match[i] = next((m for m in frame_hash_match[mine] if m is not None), None)
-        item_risks[titled] = np.fmax(item_risks[titled], title_risks)
 
         scored = np.zeros(n, bool)
         scored[ok] = True
@@ -171,6 +216,25 @@ class SafetyScorer:
             "frames_over_review": np.where(scored, over_review, -1).astype(np.int32),
             "hash_match": np.where(scored, hash_match, None),
         }
+
+
+def _stored(signal: _Signal, batch, items: np.ndarray) -> list:
+    """A pixel model's outputs per item, [F, K], as an earlier run kept them in
+    `frame_signal_scores`; an error for an item it never ran on."""
+    values = []
+    for i in items:
+        frames = [json.loads(s) if isinstance(s, str) else {} for s in batch["frame_signal_scores"][i]]
+        if all(signal.name in f for f in frames):
+            values.append(np.array([[f[signal.name].get(o, np.nan) for o in signal.outputs] for f in frames], np.float64))
+        else:
+            values.append(ValueError(f"pixel model {signal.name} did not run when this item was ingested: re-ingest it to score it"))
+    return values
+
+
+def _objects(n: int) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = [None] * n
+    return out
 
 
 @contextlib.contextmanager

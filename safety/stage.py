@@ -9,6 +9,7 @@ import numpy as np
 from encoders.clip import ClipEmbedder, ClipSpec
 from encoders.weights import ModelSource
 from safety.hashbank import HashBank
+from safety.heads import EmbeddingHeads
 from safety.policy import Policy
 from safety.scorer import SafetyScorer
 
@@ -16,11 +17,11 @@ from safety.scorer import SafetyScorer
 class EmbedAndScore:
     def __init__(
         self, spec: ClipSpec, policy: Policy, bank: HashBank = HashBank(), num_threads: int | None = None,
-        source: ModelSource | None = None,
+        source: ModelSource | None = None, heads: EmbeddingHeads | None = None,
     ):
         self.embedder = ClipEmbedder(spec, num_threads=num_threads, source=source, keep_pixels=True)
         encoder = self.embedder.encoder
-        self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads)
+        self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scored = self.scorer(self.embedder(batch))

@@ -55,3 +55,17 @@ def test_decisions_follow_the_thresholds_and_unscored_is_never_allow():
     scored = np.array([True, True, True, True, False, False])
     matched = np.array([False, False, False, True, False, False])
     assert list(policy.decide(risks, scored, matched)) == [ALLOW, REVIEW, BLOCK, BLOCK, UNSCORED, UNSCORED]
+
+
+def test_thresholds_take_the_best_recall_at_the_precision_asked():
+    from safety.calibration import roc_auc, threshold_for_precision
+
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    y = np.array([1, 1, 0, 1, 1, 0, 0, 1])
+    # At 0.6: 4 of 5 flagged violate (0.8); at 0.3: 5 of 8 (0.625).
+    assert threshold_for_precision(scores, y, 0.8) == 0.6
+    assert threshold_for_precision(scores, y, 0.6) == 0.3
+    assert threshold_for_precision(scores, y, 1.0) == 0.9
+    assert threshold_for_precision(scores, np.zeros(8, int), 0.5) == 1.0  # nothing to find: flag nothing
+    assert threshold_for_precision(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0]), 0.5) == 1.0  # ties go together
+    assert roc_auc(scores, y) == round((3 + 3 + 2 + 2 + 0) / 15, 4)  # each violating item against the 3 others

@@ -1,0 +1,142 @@
+"""Review formats: the queue as Label Studio tasks (and the labeling config they match), and
+reviewers' decisions read back from a Label Studio export or a CSV, checked before anything is
+written.
+
+A reviewer marks the categories an item violates, or `none`; every policy category then gets a
+label for that item: violating for those marked, not violating for the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+NONE_CHOICE = "none"
+FROM_NAME, TO_NAME = "violations", "evidence"  # the labeling config's control and object names
+CSV_COLUMNS = ("item_id", "category", "label")
+TRUE_LABELS, FALSE_LABELS = {"1", "true", "yes", "violating"}, {"0", "false", "no", "ok", "not_violating"}
+
+
+class ReviewFormatError(ValueError):
+    """A decisions file that cannot be imported; nothing of it is written (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Label:
+    item_id: str
+    category: str
+    violating: bool
+    reviewer: str | None
+    labeled_at: str | None  # ISO 8601, as the file gave it
+
+
+def labeling_config(categories: list[str]) -> str:
+    """Label Studio's labeling config for the exported tasks: the evidence image, the item's
+    details, and one choice per policy category plus `none`."""
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in [*categories, NONE_CHOICE])
+    return f"""<View>
+  <Header value="$title"/>
+  <Image name="{TO_NAME}" value="$image"/>
+  <Text name="details" value="$details"/>
+  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="multiple" showInline="true">
+{choices}
+  </Choices>
+</View>
+"""
+
+
+def task(item: dict, categories: list[str], review_thresholds: list[float], evidence_url: str) -> dict:
+    """One Label Studio task for a queued item: its evidence and scores in `data` (with
+    `item_id` as the stable key decisions are joined on), and the model's guess as a prediction:
+    every category at or over its review threshold."""
+    scores = {c: item.get(f"risk_{c}") for c in categories}
+    flagged = [c for c, t in zip(categories, review_thresholds) if scores[c] is not None and scores[c] >= t]
+    when = f" at {item['evidence_timestamp_s']:.1f} s" if item.get("evidence_timestamp_s") is not None else ""
+    details = "; ".join(f"{c} {s:.3f}" for c, s in scores.items() if s is not None) + when
+    version = f"{item['model']} | policy {item['safety_version']}"
+    return {
+        "data": {
+            "item_id": item["item_id"], "image": evidence_url, "title": item.get("title") or item["item_id"],
+            "details": details, "kind": item["kind"], "category": item.get("category"), "seller_id": item.get("seller_id"),
+            "decision": item["decision"], "risk": item["risk"], "scores": scores, "hash_match": item.get("hash_match"),
+            "evidence_timestamp_s": item.get("evidence_timestamp_s"), "model": item["model"],
+            "safety_version": item["safety_version"],
+        },
+        "predictions": [{
+            "model_version": version,
+            "score": item["risk"],
+            "result": [{
+                "id": f"{item['item_id']}-prediction", "type": "choices", "from_name": FROM_NAME, "to_name": TO_NAME,
+                "value": {"choices": flagged or [NONE_CHOICE]},
+            }],
+        }],
+    }
+
+
+def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
+    """Labels from a Label Studio JSON export: each task's latest non-cancelled annotation."""
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReviewFormatError(f"not valid JSON: {e}") from None
+    if not isinstance(tasks, list):
+        raise ReviewFormatError("a Label Studio export is a JSON list of tasks")
+    labels = []
+    for n, entry in enumerate(tasks):
+        where = f"task {n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict) or not isinstance(entry["data"].get("item_id"), str):
+            raise ReviewFormatError(f"{where}: no data.item_id (was it exported by `shoplens review export`?)")
+        item_id = entry["data"]["item_id"]
+        annotations = [a for a in entry.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not annotations:
+            continue  # not reviewed yet
+        latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
+        chosen = set()
+        for region in latest.get("result") or []:
+            if region.get("from_name") == FROM_NAME and region.get("type") == "choices":
+                chosen |= set((region.get("value") or {}).get("choices") or [])
+        if not chosen:
+            continue  # an annotation that chose nothing is no decision
+        unknown = chosen - set(categories) - {NONE_CHOICE}
+        if unknown:
+            raise ReviewFormatError(f"{where} ({item_id}): unknown categories {sorted(unknown)}")
+        if NONE_CHOICE in chosen and len(chosen) > 1:
+            raise ReviewFormatError(f"{where} ({item_id}): `none` chosen together with {sorted(chosen - {NONE_CHOICE})}")
+        reviewer = latest.get("completed_by")
+        reviewer = str(reviewer.get("email") or reviewer.get("id")) if isinstance(reviewer, dict) else (None if reviewer is None else str(reviewer))
+        at = latest.get("updated_at") or latest.get("created_at")
+        labels += [Label(item_id, c, c in chosen, reviewer, at) for c in categories]
+    return _unique(labels)
+
+
+def labels_from_csv(text: str, categories: list[str]) -> list[Label]:
+    """Labels from a CSV with exactly the columns item_id,category,label (label: 1/0, true/false,
+    yes/no, violating/ok)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        raise ReviewFormatError(f"a decisions CSV has exactly the columns {','.join(CSV_COLUMNS)}, not {','.join(reader.fieldnames or [])}")
+    labels = []
+    for line, row in enumerate(reader, start=2):
+        item_id, category, value = (row[c] for c in CSV_COLUMNS)
+        if not item_id or None in (category, value):
+            raise ReviewFormatError(f"line {line}: an item_id, a category and a label are needed")
+        if category not in categories:
+            raise ReviewFormatError(f"line {line}: unknown category {category!r} (the policy has {', '.join(categories)})")
+        value = value.strip().lower()
+        if value not in TRUE_LABELS | FALSE_LABELS:
+            raise ReviewFormatError(f"line {line}: label {row['label']!r} is none of {sorted(TRUE_LABELS | FALSE_LABELS)}")
+        labels.append(Label(item_id, category, value in TRUE_LABELS, None, None))
+    return _unique(labels)
+
+
+def _unique(labels: list[Label]) -> list[Label]:
+    seen = set()
+    for label in labels:
+        key = (label.item_id, label.category)
+        if key in seen:
+            raise ReviewFormatError(f"item {label.item_id!r} is labelled twice for {label.category!r}")
+        seen.add(key)
+    return labels
