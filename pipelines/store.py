@@ -304,9 +304,10 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     columns["text_vector"] = _vectors(batch["text_vector"], titled, dim)
     columns["model"] = _strings(batch["model"])
     columns["updated_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
-    first = [kind == "product" and len(h) > 0 for kind, h in zip(batch["kind"], batch["pdq"])]  # a product's one frame
-    columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
-    columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
+    if "pdq" in batch:  # fingerprinted: a product's hash is its one frame's
+        first = [kind == "product" and len(h) > 0 for kind, h in zip(batch["kind"], batch["pdq"])]
+        columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
+        columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
     for field in schema:
         if field.name.startswith("risk") or field.name in [f.name for f in SAFETY_FIELDS]:
             values = batch.get(field.name)

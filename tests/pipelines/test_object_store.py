@@ -12,6 +12,7 @@ from encoders.decode import MediaDecoder
 from pipelines.cli import app
 from pipelines.manifest import read_manifest
 from pipelines.store import ItemStore, StoreError, item_rows, storage_options
+from safety.policy import load_policy
 
 CATALOG = b"""item_id,kind,title,image
 p1,product,red shoe,img/p1.jpg
@@ -53,7 +54,7 @@ def test_the_store_on_s3_streams_what_it_knows_in_bounded_batches(s3):
     assert storage_options("s3://shop/db") == {"aws_region": "us-east-1", "aws_endpoint": s3.meta.endpoint_url,
                                                "allow_http": "true"}
     store = ItemStore("s3://shop/known-db")
-    table = store.items(64)
+    table = store.items(64, load_policy().names)
     ids = [f"p{n}" for n in range(5)]
     stored = {
         "item_id": np.array(ids, dtype=object), "kind": np.array(["product"] * 5, dtype=object),
