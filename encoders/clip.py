@@ -106,6 +106,8 @@ class ClipEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = batch["status"].astype(object)
         error = np.array([text_or_none(e) for e in batch["error"]], dtype=object)
+        if "encoded" in batch:
+            batch = self._decode_deferred(batch, status, error)
         titles = np.array([text_or_none(t) for t in batch["title"]], dtype=object)
         n, dim = len(status), self.encoder.dim
         vectors = np.zeros((n, dim), np.float32)
@@ -137,6 +139,23 @@ class ClipEmbedder:
             model=np.full(n, self.encoder.provenance, dtype=object),
         )
         return out
+
+    def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
+        """Decodes the JPEGs the decode stage left to this device, in one batch (nvJPEG on a GPU);
+        one that fails becomes its row's error."""
+        from encoders.device_decode import decode_on_device
+
+        rows = [i for i, data in enumerate(batch["encoded"]) if data is not None and status[i] == OK]
+        if not rows:
+            return batch
+        pixels, errors = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device)
+        frames = batch["pixels"].copy()
+        for k, (i, message) in enumerate(zip(rows, errors)):
+            if message:
+                status[i], error[i] = ERROR, message
+            else:
+                frames[i] = pixels[k : k + 1].permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
+        return {k: v for k, v in batch.items() if k != "encoded"} | {"pixels": frames}
 
     def _encode_frames(self, frames: np.ndarray) -> np.ndarray:
         step = self.max_frames_per_call

@@ -13,10 +13,12 @@ import hashlib
 import numpy as np
 
 from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, crop_to_model, load_image, local_copy, read_media, text_or_none
+from encoders.device_decode import jpeg_header
 from encoders.phash import pdq_hash
 from encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
+PDQ_DRAFT_SIDE = 128  # PDQ works on 64x64: a JPEG decoded at 1/8 scale is plenty
 
 
 class MediaDecoder:
@@ -26,10 +28,13 @@ class MediaDecoder:
 
     def __init__(
         self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits(),
-        fingerprint: bool = False,
+        fingerprint: bool = False, defer_jpegs: bool = False,
     ):
         self.size = image_size
         self.fingerprint = fingerprint
+        # JPEGs the embedding device can decode are left to it (encoders.device_decode): this
+        # stage then only reads, hashes and checks headers, and fingerprints a 1/8-scale decode.
+        self.defer_jpegs = defer_jpegs
         self.image_limits = image_limits
         self.video_limits = video_limits
 
@@ -45,6 +50,7 @@ class MediaDecoder:
             "timestamp_s": np.empty(n, dtype=object),
             "pdq": np.empty(n, dtype=object),
             "pdq_quality": np.empty(n, dtype=object),
+            "encoded": np.full(n, None, dtype=object),  # bytes the embed stage decodes on its device
         }
         for i in range(n):
             frames = None
@@ -71,6 +77,10 @@ class MediaDecoder:
             if out["media_sha256"][i] == known:
                 out["status"][i] = SKIPPED
                 return None
+            if self.defer_jpegs and jpeg_header(data, self.image_limits)[0]:
+                hashed, quality = pdq_hash(np.asarray(load_image(data, PDQ_DRAFT_SIDE, name=uri))) if self.fingerprint else (None, None)
+                out["encoded"][i] = data
+                return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [hashed], [quality]
             image = load_image(data, self.size, name=uri, limits=self.image_limits)
             hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)
             return crop_to_model(image, self.size)[None], [0], [0.0], [hashed], [quality]

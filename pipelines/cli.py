@@ -59,6 +59,7 @@ def ingest(
         "laion2b_s34b_b79k", help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device_decode: str = typer.Option("auto", help="Decode JPEGs on the embedding device (nvJPEG): auto (on GPUs), on, off."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
     media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against [default: the manifest's]."),
     policy: Path = typer.Option(None, help="Safety policy file (YAML) [default: the one shipped with shoplens]."),
@@ -68,7 +69,7 @@ def ingest(
     from pipelines.ingest import IngestConfig, ingest as run_ingest
 
     config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained, device=device,
-                     frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
+                     device_decode=device_decode, frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
 
     def job() -> dict:
         with progress_bar(None, "ingest") as bar:

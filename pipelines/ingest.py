@@ -41,6 +41,8 @@ class IngestConfig(BaseModel):
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # JPEGs decoded by the embed stage on its device (nvJPEG): `auto` does it where the embed stage has a GPU.
+    device_decode: Literal["auto", "on", "off"] = "auto"
     frames: str = DEFAULT_SAMPLING  # how videos are sampled, unless a row's `frames` says otherwise
     media_root: str | None = None  # a local folder, or an s3:// or gs:// prefix
     policy: Path | None = None  # a safety policy file [default: the database's calibrated one, else the shipped one]
@@ -138,7 +140,9 @@ def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, p
     # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
-    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True)
+    defer = config.device_decode == "on" or (config.device_decode == "auto" and pools.embed.num_gpus > 0)
+    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True,
+                     defer_jpegs=defer)
     ds = apply_stage(
         ds, EmbedAndScore, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
         policy=policy, heads=heads, bank=bank, num_threads=pools.embed.threads, source=source,

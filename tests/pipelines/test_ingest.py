@@ -172,3 +172,17 @@ def test_an_empty_manifest_is_an_empty_job(tmp_path, media_dir):
     summary = ingest(config(manifest, str(tmp_path / "db")))
     assert (summary.items, summary.ok, summary.failed, summary.written) == (0, 0, 0, 0)
     assert lancedb.connect(str(tmp_path / "db")).open_table(ITEMS).count_rows() == 0
+
+
+def test_device_decoding_gives_the_cpu_paths_rows(ingested, catalog, tmp_path):
+    """The embed stage's own JPEG decoding (nvJPEG on a GPU; torchvision's CPU decoder here, the
+    same code) against the decode stage's: the same vectors within fp tolerance, the same errors."""
+    db = str(tmp_path / "device.lance")
+    summary = ingest(config(catalog, db, device_decode="on"))
+    cpu, device = rows_by_id(ingested[0]), rows_by_id(db)
+    assert (summary.ok, summary.failed) == (ingested[1].ok, ingested[1].failed)
+    for item_id, row in cpu.items():
+        assert device[item_id]["status"] == row["status"] and device[item_id]["error"] == row["error"], item_id
+        if row["vector"] is not None:
+            assert np.dot(row["vector"], device[item_id]["vector"]) >= 0.99, item_id
+            assert device[item_id]["pdq"] is not None and device[item_id]["decision"] == row["decision"]
