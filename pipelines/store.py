@@ -43,6 +43,9 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("decision", pa.string()),
             pa.field("safety_version", pa.string()),
             pa.field("evidence_timestamp_s", pa.float32()),
+            # Near-duplicate groups (`shoplens dedup`): the group's smallest item_id and its size.
+            pa.field("dup_group", pa.string()),
+            pa.field("dup_count", pa.int32()),
         ]
     )
 
@@ -92,6 +95,9 @@ class ItemStore:
                 f"{self.uri}: table {name!r} holds {stored} vectors, but this model makes {wanted.list_size}-d ones; "
                 "use another --db, or the model the table was built with"
             )
+        missing = [field for field in schema if field.name not in table.schema.names]
+        if missing:  # a table from an older release: new columns are added, null, never renamed
+            table.add_columns(missing)
         return table
 
     def mark_unchanged(self, table, manifest: pa.Table, model: str) -> tuple[pa.Table, dict[str, tuple]]:
@@ -123,6 +129,11 @@ class ItemStore:
                 .when_not_matched_insert_all()
                 .execute(rows, on_bad_vectors="null")
             )
+
+    def update_columns(self, table, rows: pa.Table) -> None:
+        """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit."""
+        if rows.num_rows:
+            table.merge_insert("item_id").when_matched_update_all().execute(rows)
 
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
@@ -176,6 +187,8 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     columns["decision"] = pa.array([UNSCORED] * n, pa.string())
     columns["safety_version"] = pa.nulls(n, pa.string())
     columns["evidence_timestamp_s"] = pa.nulls(n, pa.float32())
+    columns["dup_group"] = pa.nulls(n, pa.string())  # new media: not deduplicated yet
+    columns["dup_count"] = pa.nulls(n, pa.int32())
     return pa.table(columns, schema=schema)
 
 
