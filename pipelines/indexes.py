@@ -45,8 +45,9 @@ def ann_config(index_type: str, rows: int, dim: int):
     raise StoreError(f"unknown index type {index_type!r}: one of {', '.join(ANN_TYPES)}")
 
 
-def build_indexes(db: str, index_type: str = "IVF_PQ", min_rows: int = ANN_MIN_ROWS, log=print) -> dict:
-    """Builds (or rebuilds) every index of the `items` table; returns the JSON summary."""
+def build_indexes(db: str, index_type: str = "IVF_PQ", min_rows: int = ANN_MIN_ROWS, log=print,
+                  columns: tuple[str, ...] = VECTOR_COLUMNS) -> dict:
+    """Builds (or rebuilds) the indexes of the `items` table (ANN ones on `columns`); returns the JSON summary."""
     from lancedb.index import FTS
 
     table = ItemStore(db).existing(ITEMS)
@@ -55,14 +56,16 @@ def build_indexes(db: str, index_type: str = "IVF_PQ", min_rows: int = ANN_MIN_R
     started = time.perf_counter()
     summary = {"command": "index", "db": db, "rows": table.count_rows(), "vector_indexes": {}}
     dim = table.schema.field("vector").type.list_size
-    for column in VECTOR_COLUMNS:
+    for column in columns:
         rows = table.count_rows(f"{column} IS NOT NULL")  # our own column names: no user text
         if rows < min_rows:
             summary["vector_indexes"][column] = {"rows": rows, "index": None, "search": f"exact (fewer than {min_rows} vectors)"}
             continue
         log(f"{column}: training {index_type} on {rows} vectors")
+        column_started = time.perf_counter()
         table.create_index(column, config=ann_config(index_type, rows, dim), replace=True)
-        summary["vector_indexes"][column] = {"rows": rows, "index": index_type, "search": "ann"}
+        summary["vector_indexes"][column] = {"rows": rows, "index": index_type, "search": "ann",
+                                             "seconds": round(time.perf_counter() - column_started, 2)}
     for column, kind in SCALAR_INDEXES.items():
         table.create_scalar_index(column, index_type=kind, replace=True)
     table.create_index("title", config=FTS(), replace=True)
