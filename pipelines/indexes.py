@@ -37,8 +37,10 @@ def ann_config(index_type: str, rows: int, dim: int):
     from lancedb.index import IvfHnswSq, IvfPq
 
     if index_type == "IVF_PQ":
-        # About sqrt(n) partitions of sqrt(n) rows; 8 dimensions per PQ sub-vector.
-        return IvfPq(distance_type="cosine", num_partitions=max(1, round(math.sqrt(rows))), num_sub_vectors=max(1, dim // 8))
+        # About sqrt(n) partitions of sqrt(n) rows, but at least 256 rows each (fewer cannot be
+        # trained: LanceDB trains fewer than asked); 8 dimensions per PQ sub-vector.
+        partitions = max(1, min(round(math.sqrt(rows)), rows // 256))
+        return IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=max(1, dim // 8))
     if index_type == "IVF_HNSW_SQ":
         # An HNSW graph per partition: few, large partitions (about 100k rows each).
         return IvfHnswSq(distance_type="cosine", num_partitions=max(1, rows // 100_000))
