@@ -3,7 +3,6 @@
 import json
 
 import lancedb
-import numpy as np
 import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
