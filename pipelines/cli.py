@@ -92,6 +92,9 @@ def search(
     max_risk: float = typer.Option(None, help="Only items scored at or below this risk (unscored items never pass)."),
     include_blocked: bool = typer.Option(False, help="Also return items the policy blocked."),
     field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
+    hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
+    nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
+    refine_factor: int = typer.Option(5, help="Re-rank refine-factor x k ANN candidates by their full vectors."),
     pretrained: str = typer.Option(None, help="Weights to embed the query [default: the table's own]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
@@ -99,17 +102,24 @@ def search(
     """Search the items table by text, image or item, with filters."""
     from dataclasses import replace
 
+    from pipelines.indexes import QueryTuning
     from pipelines.search import FIELDS, SearchError, SearchFilters, Searcher
 
     if sum(q is not None for q in (text, image, item, video)) != 1:
         _usage("give exactly one of --text, --image, --item, --video")
     if field not in FIELDS or (field == "title" and text is None):
         _usage("--field is image or title, and title goes with --text")
+    if hybrid and text is None:
+        _usage("--hybrid goes with --text")
+    if nprobes < 1 or refine_factor < 1:
+        _usage("--nprobes and --refine-factor must be at least 1")
     filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked)
 
     def job() -> dict:
-        searcher = Searcher(db, pretrained=pretrained, device=device)
-        if text is not None:
+        searcher = Searcher(db, pretrained=pretrained, device=device, tuning=QueryTuning(nprobes, refine_factor))
+        if hybrid:
+            hits = searcher.hybrid(text, k, filters, field)
+        elif text is not None:
             hits = searcher.by_text(text, k, filters, field)
         elif image is not None:
             hits = searcher.by_image(image, k, filters)
@@ -216,6 +226,28 @@ def features_export(
     from pipelines.features import FeaturesError, export_features
 
     run_job(lambda: export_features(db, out), usage_errors=(FeaturesError,))
+
+
+@app.command()
+def index(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    ann: str = typer.Option("IVF_PQ", help="ANN index type: IVF_PQ or IVF_HNSW_SQ."),
+) -> None:
+    """Build ANN, filter-column and title full-text indexes on the items table (re-run after big ingests)."""
+    from pipelines.indexes import build_indexes
+
+    run_job(lambda: build_indexes(db, ann.upper(), log=lambda line: typer.echo(line, err=True)))
+
+
+@app.command()
+def dedup(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    threshold: float = typer.Option(0.97, help="Cosine similarity of visual vectors at or above which items are duplicates."),
+) -> None:
+    """Group near-identical items; store dup_group and dup_count in the items table."""
+    from pipelines.dedup import dedup as run_dedup
+
+    run_job(lambda: run_dedup(db, threshold))
 
 
 @app.command()

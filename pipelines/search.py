@@ -15,10 +15,12 @@ import numpy as np
 from encoders.clip import ClipEncoder, ClipSpec
 from encoders.media import ImageLimits, MediaError, decode_image, read_media
 from encoders.weights import RANDOM, RANDOM_SEED
+from pipelines.indexes import QueryTuning
 from pipelines.store import FRAMES, ITEMS, ItemStore
 
-RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision")
+RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
 FIELDS = {"image": "vector", "title": "text_vector"}  # what a query is compared with
+RRF_K = 60  # reciprocal rank fusion: 1 / (RRF_K + rank); 60 is the value of the RRF paper
 
 
 class SearchError(ValueError):
@@ -50,12 +52,14 @@ class SearchFilters:
 class Searcher:
     """Opens a database's `items` table once; answers many queries (a warm process)."""
 
-    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto"):
+    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning()):
         self.store = ItemStore(db)
         self.table = self.store.existing(ITEMS)
         if self.table is None:
             raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
         self.model = table_model(self.table)
+        self.tuning = tuning
+        self.columns = [c for c in RESULT_COLUMNS if c in self.table.schema.names]  # a table from before `dup_count`
         self.pretrained, self.device = pretrained, device
         self._encoder: ClipEncoder | None = None
 
@@ -79,6 +83,22 @@ class Searcher:
         if not text.strip():
             raise SearchError("--text is empty")
         return self.nearest(self.encoder.encode_texts([text])[0], k, filters, field)
+
+    def hybrid(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters(), field: str = "image") -> list[dict]:
+        """Vector hits for `text` and full-text hits on titles, fused by reciprocal rank: `score`
+        is the fused score, and an item ranked by both lists comes before one ranked by either."""
+        depth = max(2 * k, 20)  # candidates from each list
+        return reciprocal_rank_fusion([self.by_text(text, depth, filters, field), self.by_keywords(text, depth, filters)], k)
+
+    def by_keywords(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
+        """Full-text (BM25) search of titles; `score` is the BM25 score."""
+        from lancedb.query import MatchQuery
+
+        if not any(index.index_type == "FTS" and index.columns == ["title"] for index in self.table.list_indices()):
+            raise SearchError("keyword search needs the full-text index on titles: run `shoplens index` first")
+        query = MatchQuery(text, "title")  # the text is terms to match, never query syntax or SQL
+        hits = self.table.search(query).where(filters.expression(), prefilter=True).select([*self.columns, "_score"]).limit(k).to_list()
+        return [{"score": round(hit.pop("_score"), 6), **hit} for hit in hits]
 
     def by_image(self, path: str | Path, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
         try:
@@ -121,12 +141,25 @@ class Searcher:
         hits = (
             self.table.search(np.asarray(vector, np.float32), vector_column_name=FIELDS[field])
             .distance_type("cosine")
+            .nprobes(self.tuning.nprobes)  # these three only matter once `shoplens index` built an ANN index
+            .refine_factor(self.tuning.refine_factor)
+            .ef(self.tuning.ef)
             .where(filters.expression(), prefilter=True)
-            .select([*RESULT_COLUMNS, "_distance"])
+            .select([*self.columns, "_distance"])
             .limit(k)
             .to_list()
         )
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
+
+
+def reciprocal_rank_fusion(rankings: list[list[dict]], k: int) -> list[dict]:
+    """The top k of several ranked hit lists by the sum of 1 / (RRF_K + rank) over the lists."""
+    fused: dict[str, dict] = {}
+    for hits in rankings:
+        for rank, hit in enumerate(hits, 1):
+            entry = fused.setdefault(hit["item_id"], {**hit, "score": 0.0})
+            entry["score"] += 1.0 / (RRF_K + rank)
+    return sorted(fused.values(), key=lambda hit: -hit["score"])[:k]
 
 
 def table_model(table) -> str | None:

@@ -67,6 +67,9 @@ def items_schema(dim: int, categories: list[str]) -> pa.Schema:
             pa.field("updated_at", pa.timestamp("us", tz="UTC")),
             pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
             pa.field("pdq_quality", pa.int32()),
+            # Near-duplicate groups (`shoplens dedup`): the group's smallest item_id and its size.
+            pa.field("dup_group", pa.string()),
+            pa.field("dup_count", pa.int32()),
         ]
         + risk_fields(categories)
         + list(SAFETY_FIELDS)
@@ -245,6 +248,11 @@ class ItemStore:
                 .when_not_matched_insert_all()
                 .execute(rows, on_bad_vectors="null")
             )
+
+    def update_columns(self, table, rows: pa.Table) -> None:
+        """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit."""
+        if rows.num_rows:
+            table.merge_insert("item_id").when_matched_update_all().execute(rows)
 
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer

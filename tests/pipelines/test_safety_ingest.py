@@ -110,7 +110,7 @@ def test_features_export_is_one_finite_row_per_item(scored):
     table = pq.read_table(root / "features.parquet")
     policy = load_policy()
     expected = {"item_id", "event_timestamp", "feature_schema_version", "kind", "model", "safety_version", "risk",
-                "decision", "risk_topk_mean", "frames_over_review", "evidence_timestamp_s", "hash_matched", "hash_match",
+                "decision", "risk_topk_mean", "frames_over_review", "evidence_timestamp_s", "hash_matched", "hash_match", "dup_count",
                 *(f"risk_{c}" for c in policy.names)}
     assert set(table.column_names) == expected
     rows = {r["item_id"]: r for r in table.to_pylist()}

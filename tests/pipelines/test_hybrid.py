@@ -1,0 +1,68 @@
+"""`search --hybrid`: vector and title full-text results fused by reciprocal rank, filters kept."""
+
+import json
+
+import lancedb
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.indexes import build_indexes
+from pipelines.search import SearchError, SearchFilters, Searcher
+from pipelines.store import ITEMS
+from pipelines.synthetic import embedding_like, synthetic_items
+
+QUERY = "zanzibar teapot"
+
+
+@pytest.fixture
+def db(tmp_db, micro_encoder):
+    """200 embedding-like items; `both` has the query's own text vector as its image vector and
+    `teapot` in its title; `keyword` has only the word `zanzibar`, and the opposite vector."""
+    query = micro_encoder.encode_texts([QUERY])[0]
+    vectors = embedding_like(200, len(query))
+    vectors[0], vectors[1] = query, -query  # `keyword` is the farthest item from the query
+    rows = synthetic_items(vectors, model=micro_encoder.provenance)
+    titles = rows["title"].to_pylist()
+    titles[0], titles[1] = "classic teapot", "zanzibar spice box"
+    ids = rows["item_id"].to_pylist()
+    ids[0], ids[1] = "both", "keyword"
+    rows = rows.set_column(0, "item_id", pa.array(ids)).set_column(rows.schema.get_field_index("title"), "title", pa.array(titles))
+    lancedb.connect(tmp_db).create_table(ITEMS, rows)
+    return tmp_db
+
+
+def test_hybrid_fuses_a_keyword_only_match_with_vector_results(db):
+    with pytest.raises(SearchError, match="run `shoplens index` first"):
+        Searcher(db, device="cpu").hybrid(QUERY, k=5)
+    build_indexes(db, log=lambda line: None)
+    searcher = Searcher(db, device="cpu")
+    vector_ids = [h["item_id"] for h in searcher.by_text(QUERY, k=5)]
+    assert vector_ids[0] == "both" and "keyword" not in vector_ids
+    keyword_ids = [h["item_id"] for h in searcher.by_keywords(QUERY, k=5)]
+    assert set(keyword_ids) == {"both", "keyword"}
+    hits = searcher.hybrid(QUERY, k=5)
+    scores = {h["item_id"]: h["score"] for h in hits}
+    assert hits[0]["item_id"] == "both" and scores["both"] == pytest.approx(2 / 61)  # first in both lists
+    assert scores["keyword"] == pytest.approx(1 / 62)  # second of the keyword list only
+    assert set(vector_ids[1:4]) <= set(scores)
+
+
+def test_hybrid_keeps_filters(db):
+    build_indexes(db, log=lambda line: None)
+    # synthetic_items: `both` is row 0 (a product, cat0); `keyword` is row 1 (a video, cat1).
+    hits = Searcher(db, device="cpu").hybrid(QUERY, k=10, filters=SearchFilters(kind="video"))
+    assert "keyword" in {h["item_id"] for h in hits} and "both" not in {h["item_id"] for h in hits}
+    assert {h["kind"] for h in hits} == {"video"}
+    evil = Searcher(db, device="cpu").hybrid("zanzibar' OR '1'='1", k=10, filters=SearchFilters(category="x' OR '1'='1"))
+    assert evil == []
+
+
+def test_hybrid_cli(db):
+    build_indexes(db, log=lambda line: None)
+    result = CliRunner().invoke(app, ["search", "--db", db, "--text", QUERY, "--hybrid", "-k", "3", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ids = [r["item_id"] for r in json.loads(result.stdout.strip().splitlines()[-1])["results"]]
+    assert ids[0] == "both" and "keyword" in ids
+    assert CliRunner().invoke(app, ["search", "--db", db, "--item", "both", "--hybrid"]).exit_code == 2
