@@ -145,7 +145,8 @@ class ClipEmbedder:
         one that fails becomes its row's error."""
         from encoders.device_decode import decode_on_device
 
-        rows = [i for i, data in enumerate(batch["encoded"]) if data is not None and status[i] == OK]
+        # Through Arrow, a column of no bytes comes back as NaNs: only bytes are work.
+        rows = [i for i, data in enumerate(batch["encoded"]) if isinstance(data, bytes) and status[i] == OK]
         if not rows:
             return batch
         pixels, errors = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device)

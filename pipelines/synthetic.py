@@ -10,8 +10,8 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from safety.policy import load_policy
 from pipelines.store import UNSCORED, items_schema
+from safety.policy import load_policy
 
 KINDS = ("product", "video", "live")
 
