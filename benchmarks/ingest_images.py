@@ -25,25 +25,12 @@ PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycl
 
 
 def make_catalog(folder: Path, count: int, side: int = 1024) -> Path:
-    """`count` distinct side x side JPEGs: crops, flips and tints of real photos."""
-    import skimage
-    from PIL import Image, ImageOps
+    """`count` distinct side x side JPEGs (crops, flips and tints of real photos) and their manifest."""
+    from pipelines.synthetic import photo_variants
 
-    rng = np.random.default_rng(0)
-    sources = [Image.open(Path(skimage.__file__).parent / "data" / p).convert("RGB") for p in PHOTOS]
     lines = ["item_id,kind,title,image"]
-    for n in range(count):
-        image = sources[n % len(sources)]
-        w, h = image.size
-        crop = rng.uniform(0.6, 1.0)
-        cw, ch = int(w * crop), int(h * crop)
-        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-        variant = image.crop((x, y, x + cw, y + ch)).resize((side, side), Image.BICUBIC)
-        if n % 2:
-            variant = ImageOps.mirror(variant)
-        variant = Image.blend(variant, Image.new("RGB", variant.size, tuple(int(c) for c in rng.integers(0, 256, 3))), 0.1)
-        variant.save(folder / f"{n:05d}.jpg", quality=90)
-        lines.append(f"item-{n:05d},product,{title(n)},{n:05d}.jpg")
+    for n, (file, _) in enumerate(photo_variants(folder, count, list(PHOTOS), side)):
+        lines.append(f"item-{n:05d},product,{title(n)},{file}")
     manifest = folder / "catalog.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest

@@ -1,11 +1,13 @@
-"""Synthetic `items` rows whose vectors have the structure of real embeddings, for the search
-benchmark and the index tests: clusters in a low-dimensional latent space, projected to the
-embedding size, plus small noise. (Isotropic noise around a few centres would make every
-neighbour equidistant, and recall would then measure nothing.)"""
+"""Synthetic data for benchmarks and tests: `items` rows whose vectors have the structure of real
+embeddings (clusters in a low-dimensional latent space, projected to the embedding size, plus
+small noise: isotropic noise around a few centres would make every neighbour equidistant, and
+recall would then measure nothing), and catalogs of distinct product photos made from the
+sample photos scikit-image ships."""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -54,3 +56,28 @@ def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None,
     }
     schema = items_schema(dim, load_policy().names)
     return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
+
+
+def photo_variants(folder: Path, count: int, photos: list[str], side: int = 1024, min_crop: float = 0.6) -> list[tuple[str, str]]:
+    """Writes `count` distinct side x side JPEGs `{n:05d}.jpg` to `folder`: random crops, flips
+    and tints of the scikit-image `photos` in turn, as a catalog holds many shots of a few kinds
+    of thing. Returns (file name, source photo) for each."""
+    import skimage
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    sources = {name: Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB") for name in photos}
+    made = []
+    for n in range(count):
+        name = photos[n % len(photos)]
+        w, h = sources[name].size
+        crop = rng.uniform(min_crop, 1.0)
+        cw, ch = int(w * crop), int(h * crop)
+        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        variant = sources[name].crop((x, y, x + cw, y + ch)).resize((side, side), Image.BICUBIC)
+        if n % 2:
+            variant = ImageOps.mirror(variant)
+        tint = Image.new("RGB", variant.size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+        Image.blend(variant, tint, 0.1).save(folder / f"{n:05d}.jpg", quality=90)
+        made.append((f"{n:05d}.jpg", name))
+    return made

@@ -199,25 +199,9 @@ def shots_video(path: Path, length: int = 90) -> Path:
     return write_video(path, colours)
 
 
-def photo_variants(folder: Path, count: int, side: int = 160) -> list[tuple[str, str]]:
-    """`count` distinct JPEGs, (file name, source photo): random crops, flips and tints of the
-    sample photos in turn, as a catalog holds many shots of a few kinds of thing."""
-    from PIL import Image, ImageOps
 
-    rng = np.random.default_rng(0)
-    sources = {name: Image.open(sample_photo(name)).convert("RGB") for name in SAMPLE_PHOTOS}
-    made = []
-    for n in range(count):
-        name = SAMPLE_PHOTOS[n % len(SAMPLE_PHOTOS)]
-        image = sources[name]
-        w, h = image.size
-        crop = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * crop), int(h * crop)
-        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-        variant = image.crop((x, y, x + cw, y + ch)).resize((side, side), Image.BICUBIC)
-        if n % 2:
-            variant = ImageOps.mirror(variant)
-        tint = Image.new("RGB", variant.size, tuple(int(c) for c in rng.integers(0, 256, 3)))
-        Image.blend(variant, tint, 0.1).save(folder / f"variant-{n:04d}.jpg", quality=90)
-        made.append((f"variant-{n:04d}.jpg", name))
-    return made
+def photo_variants(folder: Path, count: int, side: int = 160) -> list[tuple[str, str]]:
+    """`count` distinct JPEGs of the sample photos: (file name, source photo)."""
+    from pipelines.synthetic import photo_variants as variants
+
+    return variants(folder, count, list(SAMPLE_PHOTOS), side, min_crop=0.7)
