@@ -12,8 +12,8 @@ import hashlib
 
 import numpy as np
 
-from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, crop_to_model, load_image, local_copy, read_media, text_or_none
 from encoders.device_decode import jpeg_header
+from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, crop_to_model, load_image, local_copy, read_media, text_or_none
 from encoders.phash import pdq_hash
 from encoders.video import FrameSampling, VideoLimits, sample_frames
 
@@ -78,7 +78,9 @@ class MediaDecoder:
                 out["status"][i] = SKIPPED
                 return None
             if self.defer_jpegs and jpeg_header(data, self.image_limits)[0]:
-                hashed, quality = pdq_hash(np.asarray(load_image(data, PDQ_DRAFT_SIDE, name=uri))) if self.fingerprint else (None, None)
+                # A 1/8-scale decode still refuses what the full one would (name, damage), cheaply.
+                thumbnail = load_image(data, PDQ_DRAFT_SIDE, name=uri, limits=self.image_limits)
+                hashed, quality = pdq_hash(np.asarray(thumbnail)) if self.fingerprint else (None, None)
                 out["encoded"][i] = data
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [hashed], [quality]
             image = load_image(data, self.size, name=uri, limits=self.image_limits)
