@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from encoders.decode import MAX_VIDEO_BYTES
 from encoders.media import ImageLimits, MediaError, load_image, local_copy, read_media
 from encoders.video import frame_at
 from pipelines.store import ITEMS, LABELS, ItemStore
@@ -22,7 +23,6 @@ from safety.review import ReviewFormatError, labeling_config, labels_from_csv, l
 
 EVIDENCE_SIDE = 512
 FETCH_ROWS = 512  # queued items read (and written out) at a time: memory does not grow with the queue
-MAX_VIDEO_BYTES = 4 * 2**30
 ITEM_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "decision", "risk", "evidence_timestamp_s",
                "hash_match", "model", "safety_version")
 

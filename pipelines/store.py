@@ -316,8 +316,9 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
         first = [kind == "product" and len(h) > 0 for kind, h in zip(batch["kind"], batch["pdq"])]
         columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
         columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
+    safety_names = {f.name for f in SAFETY_FIELDS}
     for field in schema:
-        if field.name.startswith("risk") or field.name in [f.name for f in SAFETY_FIELDS]:
+        if field.name.startswith("risk") or field.name in safety_names:
             values = batch.get(field.name)
             columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
     if "decision" not in batch:
