@@ -3,13 +3,16 @@
     python benchmarks/search.py [--rows 100000,1000000] [--queries 200] [--dim 512]
 
 For each size: embedding-like synthetic vectors (clusters in a 32-d latent space projected to
-`dim`, plus noise: `pipelines.synthetic`) in an `items` table of the project's schema; exact
-top-10 by numpy for every query (the ground truth, and numpy's single-query latency); then, per
-index type, `shoplens index`'s build (`pipelines.indexes.build_indexes`, vector column only)
-and, per query setting, p50/p99 latency and recall@10 of `Searcher.nearest` (the real query
-path: cosine, the default filters as a prefilter). Last, the end-to-end latency of a text query
-(ViT-B-32 random weights embed it, then the ANN search) in the same warm process. Prints a table
-per size and one JSON line.
+`dim`, plus noise: `pipelines.synthetic`) in an `items` table of the project's schema, with a
+moderated catalog's mix of decisions (2% blocked); exact top-10 by numpy for every query, over
+every row and over the rows the default filters let through (the ground truths, and numpy's
+single-query latency); then, per index type, `shoplens index`'s build
+(`pipelines.indexes.build_indexes`, vector column only) and, per query setting in a warm
+process (the index prewarmed), p50/p99 latency and recall@10 of three things: the index alone
+(the ids of the 10 nearest, what numpy's figure computes too), the same with the default
+filters as a prefilter, and `Searcher.nearest` (the real query path: the filters and the result
+columns). Last, the end-to-end latency of a text query (ViT-B-32 random weights embed it, then
+the ANN search). Prints the figures and one JSON line.
 """
 
 from __future__ import annotations
@@ -27,19 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.indexes import QueryTuning, build_indexes  # noqa: E402
 from pipelines.search import SearchFilters, Searcher  # noqa: E402
-from pipelines.synthetic import embedding_like, synthetic_items  # noqa: E402
+from pipelines.synthetic import embedding_like, mixed_decisions, synthetic_items  # noqa: E402
 
 TEXT_MODEL = "open_clip/ViT-B-32/random-seed0"  # the provenance `Searcher` rebuilds the query encoder from
 # (index type, query settings to try on it)
 SETTINGS = {
-    "IVF_PQ": [QueryTuning(nprobes=10, refine_factor=5), QueryTuning(nprobes=20, refine_factor=10), QueryTuning(nprobes=5, refine_factor=5)],
-    "IVF_HNSW_SQ": [QueryTuning(nprobes=1, refine_factor=1, ef=64), QueryTuning(nprobes=2, refine_factor=1, ef=64), QueryTuning(nprobes=3, refine_factor=1, ef=128)],
+    "IVF_SQ": [QueryTuning(nprobes=5), QueryTuning(nprobes=10), QueryTuning(nprobes=20)],
+    "IVF_PQ": [QueryTuning(nprobes=10, refine_factor=5), QueryTuning(nprobes=20, refine_factor=10)],
+    "IVF_HNSW_SQ": [QueryTuning(nprobes=1, ef=64), QueryTuning(nprobes=2, ef=64), QueryTuning(nprobes=3, ef=128)],
 }
 K = 10
 
 
 def latencies_ms(run, queries) -> tuple[np.ndarray, list]:
-    run(queries[0])  # warm-up
+    for q in queries[:5]:
+        run(q)  # warm-up
     times, results = [], []
     for q in queries:
         started = time.perf_counter()
@@ -48,30 +53,46 @@ def latencies_ms(run, queries) -> tuple[np.ndarray, list]:
     return np.array(times), results
 
 
-def bare_query(searcher: Searcher, query: np.ndarray, tuning: QueryTuning) -> list:
-    builder = searcher.table.search(query, vector_column_name="vector").distance_type("cosine")
-    return builder.nprobes(tuning.nprobes).refine_factor(tuning.refine_factor).ef(tuning.ef).select(["item_id", "_distance"]).limit(K).to_list()
+def ann_ids(searcher: Searcher, query: np.ndarray, filtered: bool) -> list[int]:
+    """The index alone: the nearest item ids, with or without the default filters as a prefilter."""
+    nearest = {"column": "vector", "q": query, "k": K, "metric": "cosine", "nprobes": searcher.tuning.nprobes, "ef": searcher.tuning.ef}
+    if refine := searcher.tuning.refine_for(searcher.ann["vector"].index_type):
+        nearest["refine_factor"] = refine
+    where = SearchFilters().expression("arrow") if filtered else None
+    return [int(i[1:]) for i in searcher.dataset.to_table(nearest=nearest, columns=["item_id"], filter=where, prefilter=True)["item_id"].to_pylist()]
 
 
-def exact_numpy(vectors: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, list[set]]:
-    def top(q):
-        scores = vectors @ q
+def exact_numpy(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, list[list], list[list]]:
+    """numpy's single-query latency over every row, its top 10, and its top 10 among `keep`."""
+    def top(q, scores=None):
+        scores = vectors @ q if scores is None else scores
         best = np.argpartition(-scores, K)[:K]
-        return set(best[np.argsort(-scores[best])].tolist())
+        return best[np.argsort(-scores[best])].tolist()
 
-    return latencies_ms(top, queries)
+    ms, truth = latencies_ms(top, queries)
+    return ms, truth, [top(q, np.where(keep, vectors @ q, -np.inf)) for q in queries]
+
+
+def recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    return round(float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])), 4)
+
+
+def figures(ms: np.ndarray, found, truth, numpy_ms: np.ndarray) -> dict:
+    return {"recall_at_10": recall(found, truth), "p50_ms": round(float(np.median(ms)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "speedup_vs_numpy": round(float(np.median(numpy_ms) / np.median(ms)), 1)}
 
 
 def measure(rows: int, dim: int, queries: int, folder: Path, types: list[str]) -> dict:
     vectors = embedding_like(rows, dim)
     query_vectors = embedding_like(queries, dim, sample=2)
-    numpy_ms, truth = exact_numpy(vectors, query_vectors)
+    shown = mixed_decisions(np.arange(rows)) != "block"  # what the default filters let through
+    numpy_ms, truth, shown_truth = exact_numpy(vectors, query_vectors, shown)
     import lancedb
 
     db = str(folder / f"search-{rows}")
     table = lancedb.connect(db).create_table("items", synthetic_items(vectors[:0], model=TEXT_MODEL))
     for start in range(0, rows, 100_000):  # in large batches: every write is a version
-        table.add(synthetic_items(vectors[start : start + 100_000], model=TEXT_MODEL, first=start))
+        table.add(synthetic_items(vectors[start : start + 100_000], model=TEXT_MODEL, first=start, moderated=True))
     del vectors
     report = {"rows": rows, "dim": dim, "queries": queries, "numpy_exact_p50_ms": round(float(np.median(numpy_ms)), 2), "indexes": []}
     print(f"\n{rows:,} x {dim}: exact numpy p50 {report['numpy_exact_p50_ms']} ms a query", flush=True)
@@ -80,21 +101,22 @@ def measure(rows: int, dim: int, queries: int, folder: Path, types: list[str]) -
         summary = build_indexes(db, index_type, min_rows=1, log=lambda line: print(line, file=sys.stderr), columns=("vector",))
         built = {"type": index_type, "build_s": summary["vector_indexes"]["vector"]["seconds"], "all_indexes_s": summary["seconds"], "settings": []}
         print(f"{index_type}: vector index built in {built['build_s']} s (with scalar and full-text indexes {built['all_indexes_s']} s)", flush=True)
-        searcher = Searcher(db, device="cpu")
+        searcher = Searcher(db, device="cpu", prewarm=True)  # a warm process
         for tuning in SETTINGS[index_type]:
             searcher.tuning = tuning
+            row = {"nprobes": tuning.nprobes, "refine_factor": tuning.refine_for(searcher.ann["vector"].index_type), "ef": tuning.ef}
+            ms, found = latencies_ms(lambda q: ann_ids(searcher, q, filtered=False), query_vectors)
+            row["index"] = figures(ms, found, truth, numpy_ms)
+            ms, found = latencies_ms(lambda q: ann_ids(searcher, q, filtered=True), query_vectors)
+            row["index_filtered"] = figures(ms, found, shown_truth, numpy_ms)
             ms, hits = latencies_ms(lambda q: searcher.nearest(q, K, SearchFilters()), query_vectors)
-            # The index alone: no filter, only item ids (what the prefilter and metadata columns cost).
-            core_ms, _ = latencies_ms(lambda q: bare_query(searcher, q, tuning), query_vectors)
-            recall = np.mean([len({int(h["item_id"][1:]) for h in found} & exact) / K for found, exact in zip(hits, truth)])
-            row = {"nprobes": tuning.nprobes, "refine_factor": tuning.refine_factor, "ef": tuning.ef,
-                   "recall_at_10": round(float(recall), 4), "p50_ms": round(float(np.median(ms)), 2),
-                   "p99_ms": round(float(np.percentile(ms, 99)), 2), "index_only_p50_ms": round(float(np.median(core_ms)), 2),
-                   "speedup_vs_numpy": round(float(np.median(numpy_ms) / np.median(ms)), 1)}
+            row["searcher"] = figures(ms, [[int(h["item_id"][1:]) for h in found] for found in hits], shown_truth, numpy_ms)
             built["settings"].append(row)
-            print(f"  nprobes {tuning.nprobes:>3} refine {tuning.refine_factor:>3} ef {tuning.ef:>4}: recall@10 {row['recall_at_10']:.4f}"
-                  f"  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  {row['speedup_vs_numpy']}x numpy"
-                  f"  (index alone p50 {row['index_only_p50_ms']:.2f} ms)", flush=True)
+            print(f"  nprobes {row['nprobes']:>3} refine {row['refine_factor']:>3} ef {row['ef']:>4}:", flush=True)
+            for part, label in (("index", "index alone, ids"), ("index_filtered", "+ default filters"), ("searcher", "Searcher.nearest")):
+                f = row[part]
+                print(f"    {label:<18} recall@10 {f['recall_at_10']:.4f}  p50 {f['p50_ms']:6.2f} ms  p99 {f['p99_ms']:6.2f} ms"
+                      f"  {f['speedup_vs_numpy']:>6}x numpy", flush=True)
         report["indexes"].append(built)
     searcher.tuning = QueryTuning()
     searcher.by_text("warm up the encoder", K)
@@ -110,7 +132,7 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000", help="comma-separated table sizes")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--types", default=",".join(SETTINGS), help="index types to compare")
+    parser.add_argument("--types", default="IVF_SQ,IVF_PQ", help=f"index types to compare, of {','.join(SETTINGS)}")
     parser.add_argument("--dir", type=Path, default=None, help="where the tables go [default: a temp folder]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:

@@ -94,7 +94,8 @@ def search(
     field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
     hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
     nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
-    refine_factor: int = typer.Option(5, help="Re-rank refine-factor x k ANN candidates by their full vectors."),
+    refine_factor: int = typer.Option(None, help="Re-rank refine-factor x k ANN candidates by their full vectors; 0: never "
+                                      "[default: 5 on an IVF_PQ index, none on the others]."),
     pretrained: str = typer.Option(None, help="Weights to embed the query [default: the table's own]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
@@ -111,8 +112,8 @@ def search(
         _usage("--field is image or title, and title goes with --text")
     if hybrid and text is None:
         _usage("--hybrid goes with --text")
-    if nprobes < 1 or refine_factor < 1:
-        _usage("--nprobes and --refine-factor must be at least 1")
+    if nprobes < 1 or (refine_factor is not None and refine_factor < 0):
+        _usage("--nprobes must be at least 1 and --refine-factor at least 0")
     filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked)
 
     def job() -> dict:
@@ -231,7 +232,7 @@ def features_export(
 @app.command()
 def index(
     db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
-    ann: str = typer.Option("IVF_PQ", help="ANN index type: IVF_PQ or IVF_HNSW_SQ."),
+    ann: str = typer.Option("IVF_SQ", help="ANN index type: IVF_SQ, IVF_PQ or IVF_HNSW_SQ."),
 ) -> None:
     """Build ANN, filter-column and title full-text indexes on the items table (re-run after big ingests)."""
     from pipelines.indexes import build_indexes

@@ -18,36 +18,52 @@ ANN_MIN_ROWS = 5_000
 VECTOR_COLUMNS = ("vector", "text_vector")
 # Few distinct values: a bitmap per value; many: a B-tree.
 SCALAR_INDEXES = {"kind": "BITMAP", "status": "BITMAP", "decision": "BITMAP", "category": "BTREE", "seller_id": "BTREE"}
-ANN_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
+ANN_TYPES = ("IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
+DEFAULT_PQ_REFINE = 5
 
 
 @dataclass(frozen=True)
 class QueryTuning:
-    """Query-time knobs of an ANN index (ignored by an exact search). The defaults keep recall@10
-    above 0.99 on the benchmark (`benchmarks/search.py`): nprobes partitions are scanned, and the
-    refine_factor x k best PQ candidates are re-ranked by their full vectors; ef is HNSW's beam."""
+    """Query-time knobs of an ANN index (ignored by an exact search): nprobes partitions are
+    scanned; the refine_factor x k best candidates are re-ranked by their full vectors (None:
+    only for IVF_PQ, whose distances are too coarse to rank by, at DEFAULT_PQ_REFINE; 0: never);
+    ef is HNSW's beam. The defaults keep recall@10 above 0.95 on the benchmark at a million
+    rows (`benchmarks/search.py`)."""
 
     nprobes: int = 10
-    refine_factor: int = 5
+    refine_factor: int | None = None
     ef: int = 64
+
+    def refine_for(self, index_type: str | None) -> int:
+        if self.refine_factor is not None:
+            return self.refine_factor
+        return DEFAULT_PQ_REFINE if index_type == "IvfPq" else 0
 
 
 def ann_config(index_type: str, rows: int, dim: int):
     """An ANN index config sized to `rows` vectors of `dim` dimensions (cosine distance)."""
-    from lancedb.index import IvfHnswSq, IvfPq
+    from lancedb.index import IvfHnswSq, IvfPq, IvfSq
 
+    if index_type == "IVF_SQ":
+        # 8-bit scalar quantisation: distances close enough to exact that no re-ranking is needed,
+        # a quarter of the vectors' size in memory. Partitions as for IVF_PQ.
+        return IvfSq(distance_type="cosine", num_partitions=ivf_partitions(rows))
     if index_type == "IVF_PQ":
-        # About sqrt(n) partitions of sqrt(n) rows, but at least 256 rows each (fewer cannot be
-        # trained: LanceDB trains fewer than asked); 8 dimensions per PQ sub-vector.
-        partitions = max(1, min(round(math.sqrt(rows)), rows // 256))
-        return IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=max(1, dim // 8))
+        # 8 dimensions per PQ sub-vector.
+        return IvfPq(distance_type="cosine", num_partitions=ivf_partitions(rows), num_sub_vectors=max(1, dim // 8))
     if index_type == "IVF_HNSW_SQ":
         # An HNSW graph per partition: few, large partitions (about 100k rows each).
         return IvfHnswSq(distance_type="cosine", num_partitions=max(1, rows // 100_000))
     raise StoreError(f"unknown index type {index_type!r}: one of {', '.join(ANN_TYPES)}")
 
 
-def build_indexes(db: str, index_type: str = "IVF_PQ", min_rows: int = ANN_MIN_ROWS, log=print,
+def ivf_partitions(rows: int) -> int:
+    """About sqrt(n) partitions of sqrt(n) rows, but at least 256 rows each (fewer cannot be
+    trained: LanceDB trains fewer than asked)."""
+    return max(1, min(round(math.sqrt(rows)), rows // 256))
+
+
+def build_indexes(db: str, index_type: str = "IVF_SQ", min_rows: int = ANN_MIN_ROWS, log=print,
                   columns: tuple[str, ...] = VECTOR_COLUMNS) -> dict:
     """Builds (or rebuilds) the indexes of the `items` table (ANN ones on `columns`); returns the JSON summary."""
     from lancedb.index import FTS

@@ -35,8 +35,15 @@ class SearchFilters:
     max_risk: float | None = None  # unscored items (null risk) never pass: unscored is not safe
     include_blocked: bool = False
 
-    def expression(self):
-        from lancedb.expr import col, lit
+    def expression(self, dialect: str = "lancedb"):
+        """The filter as a typed expression, never SQL text: LanceDB's (`lancedb`) or Arrow's
+        (`arrow`, what a Lance dataset scan takes). Both read the same: SQL's null rules apply."""
+        if dialect == "arrow":
+            import pyarrow.compute as pc
+
+            col, lit = pc.field, pc.scalar
+        else:
+            from lancedb.expr import col, lit
 
         where = col("status") == lit("ok")
         for name in ("kind", "category", "seller_id"):
@@ -52,11 +59,20 @@ class SearchFilters:
 class Searcher:
     """Opens a database's `items` table once; answers many queries (a warm process)."""
 
-    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning()):
+    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning(),
+                 prewarm: bool = False):
         self.store = ItemStore(db)
         self.table = self.store.existing(ITEMS)
         if self.table is None:
             raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
+        # Vector queries go to the Lance dataset under the table: LanceDB's query builder costs
+        # a few milliseconds of Python and schema round trips per query, as much as the search.
+        self.dataset = self.table.to_lance()
+        self.ann = {index.columns[0]: index for index in self.table.list_indices() if index.index_type.startswith("Ivf")}
+        # A warm process loads every partition of the ANN indexes now; otherwise each query
+        # reads the partitions it probes from disk the first time.
+        for index in self.ann.values() if prewarm else ():
+            self.dataset.prewarm_index(index.name)
         self.model = table_model(self.table)
         self.tuning = tuning
         self.columns = [c for c in RESULT_COLUMNS if c in self.table.schema.names]  # a table from before `dup_count`
@@ -138,17 +154,14 @@ class Searcher:
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
         if k < 1:
             raise SearchError(f"-k must be at least 1, not {k}")
-        hits = (
-            self.table.search(np.asarray(vector, np.float32), vector_column_name=FIELDS[field])
-            .distance_type("cosine")
-            .nprobes(self.tuning.nprobes)  # these three only matter once `shoplens index` built an ANN index
-            .refine_factor(self.tuning.refine_factor)
-            .ef(self.tuning.ef)
-            .where(filters.expression(), prefilter=True)
-            .select([*self.columns, "_distance"])
-            .limit(k)
-            .to_list()
-        )
+        column = FIELDS[field]
+        query = {"column": column, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
+                 "nprobes": self.tuning.nprobes, "ef": self.tuning.ef}  # ignored by an exact search
+        refine = self.tuning.refine_for(self.ann[column].index_type if column in self.ann else None)
+        if refine:
+            query["refine_factor"] = refine
+        hits = self.dataset.to_table(nearest=query, columns=[*self.columns, "_distance"],
+                                     filter=filters.expression("arrow"), prefilter=True).to_pylist()
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
 
 

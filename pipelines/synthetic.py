@@ -34,10 +34,19 @@ def embedding_like(n: int, dim: int = 512, seed: int = 0, latent: int = 32, clus
     return out
 
 
+def mixed_decisions(numbers: np.ndarray) -> np.ndarray:
+    """A moderated catalog's decisions, scattered pseudo-randomly by item number: 90% allow, 6%
+    review, 2% unscored, 2% block. (A column of one repeated value is stored run-length encoded,
+    and reading a few rows of it costs milliseconds: no real catalog looks like that.)"""
+    bucket = (np.asarray(numbers, np.uint64) * np.uint64(2654435761)) % np.uint64(100)  # Knuth's multiplicative hash
+    return np.select([bucket < 90, bucket < 96, bucket < 98], ["allow", "review", UNSCORED], "block").astype(object)
+
+
 def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None, model: str = "synthetic",
-                    categories: int = 20, sellers: int = 100, first: int = 0) -> pa.Table:
+                    categories: int = 20, sellers: int = 100, first: int = 0, moderated: bool = False) -> pa.Table:
     """`items` rows (the project's schema) for the given vectors: item ids `i{n:07d}`, kinds,
-    categories `cat{n}` and sellers `s{n}` cycling through the rows, titles naming them."""
+    categories `cat{n}` and sellers `s{n}` cycling through the rows, titles naming them; every
+    decision `unscored`, or with `moderated` those of `mixed_decisions`."""
     n, dim = vectors.shape
     numbers = np.arange(first, first + n)
     flat = lambda v: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v, np.float32).reshape(-1)), dim)  # noqa: E731
@@ -52,7 +61,7 @@ def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None,
         "text_vector": flat(vectors if text_vectors is None else text_vectors),
         "model": [model] * n,
         "updated_at": [dt.datetime.now(dt.timezone.utc)] * n,
-        "decision": [UNSCORED] * n,
+        "decision": mixed_decisions(numbers) if moderated else [UNSCORED] * n,
     }
     schema = items_schema(dim, load_policy().names)
     return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
