@@ -27,7 +27,9 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.ingest_images import PHOTOS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ingest_images import PHOTOS  # noqa: E402
 
 
 def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:

@@ -46,12 +46,17 @@ def test_index_builds_ann_scalar_and_full_text_indexes(indexed):
     assert {c: s["search"] for c, s in summary["vector_indexes"].items()} == {"vector": "ann", "text_vector": "ann"}
     built = {(index.columns[0], index.index_type) for index in lancedb.connect(db).open_table(ITEMS).list_indices()}
     assert {("title", "FTS"), ("kind", "Bitmap"), ("decision", "Bitmap"), ("category", "BTree"), ("seller_id", "BTree")} <= built
-    assert {column for column, kind in built if kind.startswith("Ivf")} == {"vector", "text_vector"}
+    assert {(column, kind) for column, kind in built if kind.startswith("Ivf")} == {("vector", "IvfSq"), ("text_vector", "IvfSq")}
+
+
+def test_only_product_quantised_candidates_are_re_ranked_by_default():
+    assert QueryTuning().refine_for("IvfPq") == 5 and QueryTuning().refine_for("IvfSq") == 0
+    assert QueryTuning(refine_factor=0).refine_for("IvfPq") == 0 and QueryTuning(refine_factor=3).refine_for(None) == 3
 
 
 def test_ann_search_recall_against_numpy(indexed):
     db, vectors, _ = indexed
-    searcher = Searcher(db)
+    searcher = Searcher(db, prewarm=True)
     queries = embedding_like(50, DIM, sample=2)
     recall = np.mean([len(set(numbers(searcher.nearest(q, 10, SearchFilters()))) & set(exact_top(vectors, q, 10))) / 10 for q in queries])
     assert recall >= 0.9
