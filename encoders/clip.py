@@ -27,9 +27,10 @@ def pick_device(device: str) -> str:
 
 
 class ClipEncoder:
-    """One OpenCLIP model: uint8 images and strings in, L2-normalised float32 vectors out."""
+    """One OpenCLIP model: uint8 images and strings in, L2-normalised float32 vectors out.
+    Images go through the model `chunk` at a time, which bounds the memory of one call."""
 
-    def __init__(self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None):
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, chunk: int = 256):
         import open_clip
         import torch
 
@@ -48,6 +49,8 @@ class ClipEncoder:
         self._scale = torch.tensor([1 / (255 * s) for s in std], device=self.device).view(shape)
         self._shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=self.device).view(shape)
         self.tokenizer = open_clip.get_tokenizer(self.source.model)
+        self.chunk = chunk
+        self._copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
 
     @property
     def provenance(self) -> str:
@@ -67,13 +70,40 @@ class ClipEncoder:
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
+        pixels = np.require(pixels, np.uint8, ["C"])
+        chunks = [torch.from_numpy(pixels[s : s + self.chunk]) for s in range(0, len(pixels), self.chunk)]
         with torch.inference_mode():
-            batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
-            if self.device == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-            batch = batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
-            features = self.model.encode_image(batch.to(self.dtype))
-            return _normalised(features)
+            features = [self.model.encode_image(self._normalise(batch)) for batch in self._on_device(chunks)]
+            return _normalised(torch.cat(features))
+
+    def _normalise(self, batch):
+        """uint8 NHWC on the model's device -> the model's normalised NCHW input."""
+        return batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift).to(self.dtype)
+
+    def _on_device(self, chunks: list):
+        """Yields the uint8 chunks on the model's device. On a GPU, each chunk is pinned and
+        copied on a side stream while the model works on the one before: transfer overlaps
+        compute (the model waits, on the GPU, only for the copy of the chunk it takes)."""
+        import torch
+
+        if self._copy_stream is None:
+            yield from chunks
+            return
+
+        def start_copy(host):
+            pinned = host.pin_memory()
+            with torch.cuda.stream(self._copy_stream):
+                on_device = pinned.to(self.device, non_blocking=True)
+            return on_device, self._copy_stream.record_event()
+
+        compute = torch.cuda.current_stream()
+        pending = start_copy(chunks[0])
+        for following in [*chunks[1:], None]:
+            batch, copied = pending
+            pending = start_copy(following) if following is not None else None  # queued before this chunk's compute
+            compute.wait_event(copied)
+            batch.record_stream(compute)  # allocated on the copy stream, used on this one
+            yield batch
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -99,8 +129,8 @@ class ClipEmbedder:
         keep_pixels: bool = False,
     ):
         # `source`: weights the driver already resolved (and checksummed), so no actor does it again.
-        self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source)
-        self.max_frames_per_call = max_frames_per_call  # bounds memory for batches of long videos
+        # The chunk bounds memory for batches of long videos.
+        self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source, chunk=max_frames_per_call)
         self.keep_pixels = keep_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,7 +147,7 @@ class ClipEmbedder:
         ok = np.flatnonzero(status == OK)
         if len(ok):
             frames = [np.asarray(batch["pixels"][i]) for i in ok]
-            flat = self._encode_frames(np.concatenate(frames))
+            flat = self.encoder.encode_images(np.concatenate(frames))
             for i, per_item in zip(ok, np.split(flat, np.cumsum([len(f) for f in frames])[:-1])):
                 frame_vectors[i] = per_item
                 mean = per_item.mean(axis=0)
@@ -157,10 +187,6 @@ class ClipEmbedder:
             else:
                 frames[i] = pixels[k : k + 1].permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
         return {k: v for k, v in batch.items() if k != "encoded"} | {"pixels": frames}
-
-    def _encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        step = self.max_frames_per_call
-        return np.concatenate([self.encoder.encode_images(frames[s : s + step]) for s in range(0, len(frames), step)])
 
 
 def _build_model(source: ModelSource):

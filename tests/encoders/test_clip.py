@@ -72,9 +72,17 @@ def test_thread_count_follows_the_cores_given():
     assert torch.get_num_threads() == 1
 
 
+def test_images_encoded_in_chunks_equal_one_batch(micro_encoder, photos):
+    # The path that, on a GPU, copies a chunk while the one before is encoded.
+    chunked = ClipEncoder(MICRO, chunk=2)
+    assert chunked.chunk == 2 and micro_encoder.chunk >= len(photos)
+    np.testing.assert_allclose(chunked.encode_images(photos), micro_encoder.encode_images(photos), atol=1e-6)
+    assert chunked.encode_images(photos[:0]).shape == (0, chunked.dim)
+
+
 def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
     stage = ClipEmbedder.__new__(ClipEmbedder)
-    stage.encoder, stage.max_frames_per_call, stage.keep_pixels = micro_encoder, 2, False  # the constructor loads the same model
+    stage.encoder, stage.keep_pixels = micro_encoder, False  # the constructor loads the same model
     pixels = np.empty(4, dtype=object)
     pixels[:] = [photos[0:1], photos[:0], photos[2:3], photos[3:6]]  # the last is a 3-frame video
     batch = {

@@ -40,7 +40,9 @@ def test_uncached_weights_fail_fast_with_the_remedy(tmp_path, media_dir):
     env["HF_ENDPOINT"] = "https://127.0.0.1"
     started = time.perf_counter()
     result = shoplens("ingest", str(manifest), "--db", str(tmp_path / "db"), "--pretrained", "laion2b_s34b_b79k", env=env)
-    assert time.perf_counter() - started < 20  # OpenCLIP's own retries take ~46 s
+    # Not a speed target: OpenCLIP's own retries take ~46 s, a fail-fast check well under that
+    # even on a loaded machine (a 20 s bound failed when other suites shared the 2 cores).
+    assert time.perf_counter() - started < 40
     assert result.returncode == 2
     assert "--pretrained /path/to/open_clip_model.safetensors" in result.stderr
     assert last_json(result.stdout)["exit_code"] == 2
