@@ -70,7 +70,7 @@ class ClipEncoder:
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        pixels = np.require(pixels, np.uint8, ["C"])
+        pixels = np.require(pixels, np.uint8, ["C", "W"])  # torch warns about read-only arrays (Ray hands those out)
         chunks = [torch.from_numpy(pixels[s : s + self.chunk]) for s in range(0, len(pixels), self.chunk)]
         with torch.inference_mode():
             features = [self.model.encode_image(self._normalise(batch)) for batch in self._on_device(chunks)]
