@@ -35,7 +35,8 @@ from pipelines.synthetic import embedding_like, mixed_decisions, synthetic_items
 TEXT_MODEL = "open_clip/ViT-B-32/random-seed0"  # the provenance `Searcher` rebuilds the query encoder from
 # (index type, query settings to try on it)
 SETTINGS = {
-    "IVF_SQ": [QueryTuning(nprobes=5), QueryTuning(nprobes=10), QueryTuning(nprobes=20)],
+    # refine 0: ids ranked by the quantised distances alone; the default (1) makes the scores exact.
+    "IVF_SQ": [QueryTuning(nprobes=5, refine_factor=0), QueryTuning(nprobes=5), QueryTuning(nprobes=10), QueryTuning(nprobes=20)],
     "IVF_PQ": [QueryTuning(nprobes=10, refine_factor=5), QueryTuning(nprobes=20, refine_factor=10)],
     "IVF_HNSW_SQ": [QueryTuning(nprobes=1, ef=64), QueryTuning(nprobes=2, ef=64), QueryTuning(nprobes=3, ef=128)],
 }

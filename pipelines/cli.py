@@ -94,8 +94,8 @@ def search(
     field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
     hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
     nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
-    refine_factor: int = typer.Option(None, help="Re-rank refine-factor x k ANN candidates by their full vectors; 0: never "
-                                      "[default: 5 on an IVF_PQ index, none on the others]."),
+    refine_factor: int = typer.Option(None, help="Re-rank refine-factor x k ANN candidates by their full vectors "
+                                      "[default: 5 on an IVF_PQ index, 1 on the others]; 0: never, scores approximate."),
     pretrained: str = typer.Option(None, help="Weights to embed the query [default: the table's own]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),

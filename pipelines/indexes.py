@@ -25,10 +25,11 @@ DEFAULT_PQ_REFINE = 5
 @dataclass(frozen=True)
 class QueryTuning:
     """Query-time knobs of an ANN index (ignored by an exact search): nprobes partitions are
-    scanned; the refine_factor x k best candidates are re-ranked by their full vectors (None:
-    only for IVF_PQ, whose distances are too coarse to rank by, at DEFAULT_PQ_REFINE; 0: never);
-    ef is HNSW's beam. The defaults keep recall@10 above 0.95 on the benchmark at a million
-    rows (`benchmarks/search.py`)."""
+    scanned; the refine_factor x k best candidates are re-ranked by their full vectors (None: at
+    DEFAULT_PQ_REFINE on IVF_PQ, whose codes are too coarse to rank by, and at 1 on the others,
+    which only makes the returned distances exact: quantised ones are on another scale; 0: never,
+    for ids ranked by the quantised distances alone); ef is HNSW's beam. The defaults keep
+    recall@10 above 0.95 on the benchmark at a million rows (`benchmarks/search.py`)."""
 
     nprobes: int = 10
     refine_factor: int | None = None
@@ -37,7 +38,7 @@ class QueryTuning:
     def refine_for(self, index_type: str | None) -> int:
         if self.refine_factor is not None:
             return self.refine_factor
-        return DEFAULT_PQ_REFINE if index_type == "IvfPq" else 0
+        return DEFAULT_PQ_REFINE if index_type and "Pq" in index_type else 1
 
 
 def ann_config(index_type: str, rows: int, dim: int):

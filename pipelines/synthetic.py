@@ -38,7 +38,8 @@ def mixed_decisions(numbers: np.ndarray) -> np.ndarray:
     """A moderated catalog's decisions, scattered pseudo-randomly by item number: 90% allow, 6%
     review, 2% unscored, 2% block. (A column of one repeated value is stored run-length encoded,
     and reading a few rows of it costs milliseconds: no real catalog looks like that.)"""
-    bucket = (np.asarray(numbers, np.uint64) * np.uint64(2654435761)) % np.uint64(100)  # Knuth's multiplicative hash
+    # Knuth's multiplicative hash: its high bits (the low ones of n * odd constant mod 100 repeat every 100 items).
+    bucket = (((np.asarray(numbers, np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)) >> np.uint64(16)) % np.uint64(100)
     return np.select([bucket < 90, bucket < 96, bucket < 98], ["allow", "review", UNSCORED], "block").astype(object)
 
 

@@ -49,8 +49,8 @@ def test_index_builds_ann_scalar_and_full_text_indexes(indexed):
     assert {(column, kind) for column, kind in built if kind.startswith("Ivf")} == {("vector", "IvfSq"), ("text_vector", "IvfSq")}
 
 
-def test_only_product_quantised_candidates_are_re_ranked_by_default():
-    assert QueryTuning().refine_for("IvfPq") == 5 and QueryTuning().refine_for("IvfSq") == 0
+def test_product_quantised_candidates_are_re_ranked_deeper_by_default():
+    assert QueryTuning().refine_for("IvfPq") == 5 and QueryTuning().refine_for("IvfSq") == 1
     assert QueryTuning(refine_factor=0).refine_for("IvfPq") == 0 and QueryTuning(refine_factor=3).refine_for(None) == 3
 
 
@@ -58,8 +58,12 @@ def test_ann_search_recall_against_numpy(indexed):
     db, vectors, _ = indexed
     searcher = Searcher(db, prewarm=True)
     queries = embedding_like(50, DIM, sample=2)
-    recall = np.mean([len(set(numbers(searcher.nearest(q, 10, SearchFilters()))) & set(exact_top(vectors, q, 10))) / 10 for q in queries])
+    found = [searcher.nearest(q, 10, SearchFilters()) for q in queries]
+    recall = np.mean([len(set(numbers(hits)) & set(exact_top(vectors, q, 10))) / 10 for hits, q in zip(found, queries)])
     assert recall >= 0.9
+    # Scores are cosines, not the quantised distances (on another scale) the index ranks by.
+    for hits, q in zip(found, queries):
+        np.testing.assert_allclose([h["score"] for h in hits], vectors[numbers(hits)] @ q, atol=1e-5)
 
 
 def test_filters_still_hold_under_the_index(indexed):
