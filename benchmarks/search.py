@@ -56,11 +56,9 @@ def latencies_ms(run, queries) -> tuple[np.ndarray, list]:
 
 def ann_ids(searcher: Searcher, query: np.ndarray, filtered: bool) -> list[int]:
     """The index alone: the nearest item ids, with or without the default filters as a prefilter."""
-    nearest = {"column": "vector", "q": query, "k": K, "metric": "cosine", "nprobes": searcher.tuning.nprobes, "ef": searcher.tuning.ef}
-    if refine := searcher.tuning.refine_for(searcher.ann["vector"].index_type):
-        nearest["refine_factor"] = refine
     where = SearchFilters().expression("arrow") if filtered else None
-    return [int(i[1:]) for i in searcher.dataset.to_table(nearest=nearest, columns=["item_id"], filter=where, prefilter=True)["item_id"].to_pylist()]
+    hits = searcher.dataset.to_table(nearest=searcher.nearest_query(query, K), columns=["item_id"], filter=where, prefilter=True)
+    return [int(i[1:]) for i in hits["item_id"].to_pylist()]
 
 
 def exact_numpy(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, list[list], list[list]]:

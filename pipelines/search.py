@@ -152,17 +152,19 @@ class Searcher:
         return sorted(best.values(), key=lambda hit: -hit["score"])[:k]
 
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
+        hits = self.dataset.to_table(nearest=self.nearest_query(vector, k, field), columns=[*self.columns, "_distance"],
+                                     filter=filters.expression("arrow"), prefilter=True).to_pylist()
+        return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
+
+    def nearest_query(self, vector: np.ndarray, k: int, field: str = "image") -> dict:
+        """The Lance `nearest` argument for the k nearest to `vector` under this searcher's tuning."""
         if k < 1:
             raise SearchError(f"-k must be at least 1, not {k}")
         column = FIELDS[field]
         query = {"column": column, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
                  "nprobes": self.tuning.nprobes, "ef": self.tuning.ef}  # ignored by an exact search
         refine = self.tuning.refine_for(self.ann[column].index_type if column in self.ann else None)
-        if refine:
-            query["refine_factor"] = refine
-        hits = self.dataset.to_table(nearest=query, columns=[*self.columns, "_distance"],
-                                     filter=filters.expression("arrow"), prefilter=True).to_pylist()
-        return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
+        return query | {"refine_factor": refine} if refine else query
 
 
 def reciprocal_rank_fusion(rankings: list[list[dict]], k: int) -> list[dict]:
