@@ -1,12 +1,14 @@
 """End-to-end image ingest throughput against the model-only encode rate, in the same run.
 
-    python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda]
+    python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda] [--no-pixel-models]
 
 End to end: wall time of `pipelines.ingest.ingest` from the manifest to rows in LanceDB, Ray's
 start-up included, on 1024-pixel JPEGs made from package-shipped photos. Model only: the model
 stage (OpenCLIP on image and title, then the policy's safety signals) with the same thread
 count on the same items, already decoded. The ratio is the share of the model stage's speed the
-whole pipeline keeps.
+whole pipeline keeps. Decode stage: images/s of one decode task per CPU-second, with JPEGs left
+to the embedding device (the GPU default) and decoded on the CPU, and how many cores it takes to
+feed the model stage.
 """
 
 from __future__ import annotations
@@ -36,8 +38,45 @@ def make_catalog(folder: Path, count: int, side: int = 1024) -> Path:
     return manifest
 
 
+def policy_without_pixel_models(folder: Path) -> Path:
+    """The shipped policy without pixel classifiers (prompt banks, heads and hashes only), written
+    to `folder`. On a CPU the two ONNX models cost about as much again as the embedding; on a GPU
+    node they run on its few CPU cores, so a throughput figure with them measures them."""
+    from safety.policy import load_policy, policy_yaml
+
+    shipped = load_policy()
+    path = folder / "policy-no-pixel-models.yaml"
+    path.write_text(policy_yaml(shipped.model_copy(update={"pixel_models": {}, "version": f"{shipped.version}-no-pixel-models"})))
+    return path
+
+
 def title(n: int) -> str:
     return f"product photo number {n}"
+
+
+def catalog_rows(folder: Path, ids: range) -> dict[str, np.ndarray]:
+    """The decode stage's input for items `ids` of `make_catalog`'s manifest."""
+    rows = {"item_id": [f"item-{n:05d}" for n in ids], "kind": ["product"] * len(ids), "title": [title(n) for n in ids],
+            "media_uri": [str(folder / f"{n:05d}.jpg") for n in ids], "status": ["ok"] * len(ids),
+            "error": [None] * len(ids), "known_sha256": [None] * len(ids), "frames": [None] * len(ids)}
+    return {k: np.array(v, dtype=object) for k, v in rows.items()}
+
+
+def decode_stage_rates(folder: Path, count: int, image_size: int) -> tuple[float, float]:
+    """Images/s of one decode task on one core, fingerprinting as ingest does: with JPEGs left to
+    the embedding device (`--device-decode`, the GPU default: read, hash, check the header) and
+    decoded on the CPU (the baseline: what a CPU-only node, or the GPU decoder's refusals, cost)."""
+    from encoders.decode import MediaDecoder
+
+    rows = catalog_rows(folder, range(min(count, 500)))
+    rates = []
+    for defer in (True, False):
+        decode = MediaDecoder(image_size, fingerprint=True, defer_jpegs=defer)
+        decode(catalog_rows(folder, range(8)))  # warm-up: imports
+        started = time.process_time()  # CPU time: a rate per core, whatever else runs
+        decode(rows)
+        rates.append(len(rows["item_id"]) / (time.process_time() - started))
+    return rates[0], rates[1]
 
 
 def model_only_rates(
@@ -56,13 +95,7 @@ def model_only_rates(
     stage = EmbedAndScore(ClipSpec(model, pretrained, device), load_policy(policy), num_threads=threads)
     encoder = stage.embedder.encoder
     decode = MediaDecoder(encoder.image_size, fingerprint=True)
-    batches = []
-    for start in range(0, count, batch):
-        ids = range(start, min(start + batch, count))
-        rows = {"item_id": [f"item-{n:05d}" for n in ids], "kind": ["product"] * len(ids), "title": [title(n) for n in ids],
-                "media_uri": [str(folder / f"{n:05d}.jpg") for n in ids], "status": ["ok"] * len(ids),
-                "error": [None] * len(ids), "known_sha256": [None] * len(ids), "frames": [None] * len(ids)}
-        batches.append(decode({k: np.array(v, dtype=object) for k, v in rows.items()}))
+    batches = [decode(catalog_rows(folder, range(start, min(start + batch, count)))) for start in range(0, count, batch)]
     def image_tower(decoded):
         return encoder.encode_images(np.concatenate(decoded["pixels"]))
 
@@ -79,6 +112,12 @@ def model_only_rates(
     return timings[0], timings[1], timings[2]
 
 
+def summary_image_size(model: str, pretrained: str) -> int:
+    from encoders.weights import resolve_weights
+
+    return resolve_weights(model, pretrained).image_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000)
@@ -86,6 +125,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default="random")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--policy", type=Path, default=None, help="safety policy [default: the shipped one]")
+    parser.add_argument("--no-pixel-models", action="store_true", help="the shipped policy without its ONNX pixel classifiers")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,6 +136,8 @@ def main() -> None:
         folder = Path(tmp)
         print(f"making {args.images} 1024-px JPEGs ...", file=sys.stderr)
         manifest = make_catalog(folder, args.images)
+        if args.no_pixel_models:
+            args.policy = policy_without_pixel_models(folder)
 
         config = IngestConfig(manifest=manifest, db=str(folder / "db"), model=args.model,
                               pretrained=args.pretrained, device=args.device, policy=args.policy)
@@ -114,6 +156,7 @@ def main() -> None:
         device = "cuda" if pools.embed.num_gpus else "cpu"
         model_only, embed_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
                                                                pools.embed.threads, pools.embed.batch_size, args.policy)
+        deferred_decode, cpu_decode = decode_stage_rates(folder, args.images, summary_image_size(args.model, args.pretrained))
 
     figures = {
         "benchmark": "ingest_images",
@@ -127,6 +170,9 @@ def main() -> None:
         "model_only_images_per_s": round(model_only, 2),
         "embedding_only_images_per_s": round(embed_only, 2),
         "image_tower_only_images_per_s": round(image_tower, 2),
+        "decode_per_core_device_jpegs_images_per_s": round(deferred_decode, 1),
+        "decode_per_core_cpu_images_per_s": round(cpu_decode, 1),
+        "decode_cores_to_feed_model": round(model_only / (deferred_decode if pools.embed.num_gpus else cpu_decode), 2),
         "ratio": round(end_to_end / model_only, 3),
         "steady_ratio": round(steady / model_only, 3),
     }
@@ -136,6 +182,9 @@ def main() -> None:
     print(f"model only   : {model_only:8.2f} items/s (embed image + title and score, {pools.embed.threads} threads, batch {pools.embed.batch_size})")
     print(f"  embedding  : {embed_only:8.2f} items/s (image + title, no safety scoring)")
     print(f"  image tower: {image_tower:8.2f} images/s")
+    print(f"decode stage : {deferred_decode:8.1f} images/s per core with JPEGs left to the embedding device (GPU default),"
+          f" {cpu_decode:.1f} decoding on the CPU ({deferred_decode / cpu_decode:.1f}x);"
+          f" {figures['decode_cores_to_feed_model']} cores feed the model stage here")
     print(f"ratio        : {end_to_end / model_only:8.3f} end to end, {steady / model_only:.3f} after start-up")
     print(json.dumps(figures))
 

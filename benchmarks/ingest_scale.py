@@ -29,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ingest_images import PHOTOS  # noqa: E402
+from benchmarks.ingest_images import PHOTOS, policy_without_pixel_models  # noqa: E402
 
 
 def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:
@@ -47,16 +47,6 @@ def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:
         for n in range(count):
             f.write(f"item-{n:07d},product,product number {n},media/{n % images}.jpg\n")
     return manifest
-
-
-def pipeline_policy(folder: Path) -> Path:
-    """The shipped policy without pixel classifiers: prompt banks, heads and hashes only."""
-    from safety.policy import load_policy, policy_yaml
-
-    shipped = load_policy()
-    path = folder / "policy.yaml"
-    path.write_text(policy_yaml(shipped.model_copy(update={"pixel_models": {}, "version": f"{shipped.version}-no-pixel-models"})))
-    return path
 
 
 def run_ingest(manifest: Path, db: Path, policy: Path) -> dict:
@@ -99,7 +89,7 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        policy = pipeline_policy(folder)
+        policy = policy_without_pixel_models(folder)
         for size in args.sizes:
             manifest = make_catalog(folder, size, args.images)
             print(f"ingesting {size:,} items ...", file=sys.stderr)

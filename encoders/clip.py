@@ -171,22 +171,24 @@ class ClipEmbedder:
         return out
 
     def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
-        """Decodes the JPEGs the decode stage left to this device, in one batch (nvJPEG on a GPU);
-        one that fails becomes its row's error."""
+        """Decodes and fingerprints the JPEGs the decode stage left to this device, in one batch
+        (nvJPEG on a GPU); one that fails becomes its row's error."""
         from encoders.device_decode import decode_on_device
 
         # Through Arrow, a column of no bytes comes back as NaNs: only bytes are work.
         rows = [i for i, data in enumerate(batch["encoded"]) if isinstance(data, bytes) and status[i] == OK]
         if not rows:
             return batch
-        pixels, errors = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device)
-        frames = batch["pixels"].copy()
-        for k, (i, message) in enumerate(zip(rows, errors)):
+        decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device)
+        frames, pdq, quality = batch["pixels"].copy(), batch["pdq"].copy(), batch["pdq_quality"].copy()
+        on_host = decoded.pixels.permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
+        for k, (i, message, fingerprint) in enumerate(zip(rows, decoded.errors, decoded.fingerprints)):
             if message:
                 status[i], error[i] = ERROR, message
             else:
-                frames[i] = pixels[k : k + 1].permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
-        return {k: v for k, v in batch.items() if k != "encoded"} | {"pixels": frames}
+                frames[i] = on_host[k : k + 1]
+                pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
+        return {k: v for k, v in batch.items() if k != "encoded"} | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
 
 
 def _build_model(source: ModelSource):

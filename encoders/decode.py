@@ -13,12 +13,13 @@ import hashlib
 import numpy as np
 
 from encoders.device_decode import jpeg_header
-from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, crop_to_model, load_image, local_copy, read_media, text_or_none
+from encoders.media import (
+    ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, crop_to_model, load_image, local_copy, read_media, text_or_none,
+)
 from encoders.phash import pdq_hash
 from encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
-PDQ_DRAFT_SIDE = 128  # PDQ works on 64x64: a JPEG decoded at 1/8 scale is plenty
 
 
 class MediaDecoder:
@@ -32,8 +33,8 @@ class MediaDecoder:
     ):
         self.size = image_size
         self.fingerprint = fingerprint
-        # JPEGs the embedding device can decode are left to it (encoders.device_decode): this
-        # stage then only reads, hashes and checks headers, and fingerprints a 1/8-scale decode.
+        # JPEGs the embedding device can decode are left to it (encoders.device_decode), which
+        # also fingerprints them: this stage then only reads, hashes and checks headers.
         self.defer_jpegs = defer_jpegs
         self.image_limits = image_limits
         self.video_limits = video_limits
@@ -78,11 +79,9 @@ class MediaDecoder:
                 out["status"][i] = SKIPPED
                 return None
             if self.defer_jpegs and jpeg_header(data, self.image_limits)[0]:
-                # A 1/8-scale decode still refuses what the full one would (name, damage), cheaply.
-                thumbnail = load_image(data, PDQ_DRAFT_SIDE, name=uri, limits=self.image_limits)
-                hashed, quality = pdq_hash(np.asarray(thumbnail)) if self.fingerprint else (None, None)
-                out["encoded"][i] = data
-                return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [hashed], [quality]
+                check_extension(uri)
+                out["encoded"][i] = data  # decoded and fingerprinted by the embed stage
+                return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
             image = load_image(data, self.size, name=uri, limits=self.image_limits)
             hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)
             return crop_to_model(image, self.size)[None], [0], [0.0], [hashed], [quality]

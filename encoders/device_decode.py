@@ -1,22 +1,40 @@
 """JPEG decoding on the embedding device: on a GPU, nvJPEG through torchvision, batched, with
-the orientation, centre crop and resize done there too, so the CPU only reads bytes and headers.
+the orientation, centre crop, resize and PDQ fingerprint done there too, so the CPU only reads
+bytes and headers (a CPU decode of a 1024-pixel JPEG, even at 1/8 scale, costs more than the
+model's share of a GPU).
 
 Every check that can refuse an image still runs on the CPU first, from the header alone (format,
-pixel count, bombs). What the device decoder refuses, and every other format, is decoded on the
-CPU by `encoders.media` as usual. The result is the same pixels, up to resampling rounding.
+pixel count, bombs). What the device decoder refuses, a JPEG that does not end where a whole one
+ends (truncated, or with a trailer), and every other format are decoded on the CPU by
+`encoders.media` as usual. The result is the same pixels, up to resampling rounding, and the same
+fingerprint, up to a few of its 256 bits.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.media import ImageLimits, MediaError, decode_image
+from encoders.media import ImageLimits, MediaError, crop_to_model, load_image
+from encoders.phash import pdq_hash, pdq_hashes
 
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes as the CPU path would; CMYK, YCCK... go to the CPU
+END_OF_IMAGE = b"\xff\xd9"
+GROUP = 64  # images resized and fingerprinted in one batch: bounds the device memory of the float copies
+
+
+@dataclass
+class DeviceDecoded:
+    """`pixels` uint8 [N, 3, size, size] on the device; per image its error (None when decoded)
+    and its PDQ fingerprint (hash, quality), None where it failed."""
+
+    pixels: object
+    errors: list
+    fingerprints: list
 
 
 def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bool, int]:
@@ -39,18 +57,22 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bool,
         return False, 1  # the CPU path decides, and says why
     if width * height > limits.max_pixels:
         raise MediaError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {limits.max_pixels / 1e6:.0f} MP limit")
-    return fmt == "JPEG" and mode in DEVICE_MODES, int(orientation) if orientation in range(1, 9) else 1
+    # A truncated JPEG lacks its end marker; GPU decoders may fill the rest with grey where
+    # Pillow refuses it, so the CPU decides (a trailer after the marker also lands there).
+    whole = data.rstrip(b"\0").endswith(END_OF_IMAGE)
+    return fmt == "JPEG" and mode in DEVICE_MODES and whole, int(orientation) if orientation in range(1, 9) else 1
 
 
-def decode_on_device(images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits()):
+def decode_on_device(images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits()) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
-    as `encoders.media.decode_image`), and per image an error (None when decoded). JPEGs the
-    device takes are decoded there in one batch; the rest, and any it fails on, on the CPU."""
+    as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device
+    takes are decoded there in one batch; the rest, and any it fails on, on the CPU."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8, device=device)
     errors: list[str | None] = [None] * len(images)
+    fingerprints: list[tuple[str, int] | None] = [None] * len(images)
     on_device, orientation = [], {}
     for n, data in enumerate(images):
         try:
@@ -71,18 +93,29 @@ def decode_on_device(images: list[bytes], size: int, device: str, limits: ImageL
                     decoded[n] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
                 except RuntimeError:
                     pass  # the CPU path below decodes it, or says what is wrong
+    by_shape: dict[tuple, list[int]] = {}
+    for n in decoded:
+        decoded[n] = oriented(decoded[n], orientation[n])
+        by_shape.setdefault(tuple(decoded[n].shape), []).append(n)
+    # Catalog photos come in a few sizes: each size is one batch of device work, not one per image.
+    for members in by_shape.values():
+        for start in range(0, len(members), GROUP):
+            group = members[start : start + GROUP]
+            batch = torch.stack([decoded.pop(n) for n in group])
+            out[group] = crop_and_resize(batch, size)
+            for n, fingerprint in zip(group, pdq_hashes(batch)):
+                fingerprints[n] = fingerprint
     for n, data in enumerate(images):
-        if errors[n] is not None:
-            continue
-        if n in decoded:
-            out[n] = crop_and_resize(oriented(decoded[n], orientation[n]), size)
+        if errors[n] is not None or fingerprints[n] is not None:
             continue
         try:
-            pixels = decode_image(data, size, limits=limits)
-            out[n] = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).to(device)
+            image = load_image(data, size, limits=limits)
         except MediaError as e:
             errors[n] = str(e)
-    return out, errors
+            continue
+        fingerprints[n] = pdq_hash(np.asarray(image))
+        out[n] = torch.from_numpy(crop_to_model(image, size).transpose(2, 0, 1).copy()).to(device)
+    return DeviceDecoded(out, errors, fingerprints)
 
 
 def oriented(image, orientation: int):
@@ -95,13 +128,14 @@ def oriented(image, orientation: int):
     image = torch.rot90(image, turns, dims=(1, 2)) if turns else image
     return torch.flip(image, [1]) if orientation in (5, 7) else image  # 5, 7: transposed
 
-def crop_and_resize(image, size: int):
-    """[3, H, W] uint8 -> [3, size, size] uint8: the centre square, resized (bicubic, antialiased)."""
+
+def crop_and_resize(images, size: int):
+    """[N, 3, H, W] uint8 -> [N, 3, size, size] uint8: the centre square, resized (bicubic, antialiased)."""
     import torch
 
-    _, height, width = image.shape
+    height, width = images.shape[-2:]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = image[:, top : top + side, left : left + side].unsqueeze(0).float()
+    square = images[:, :, top : top + side, left : left + side].float()
     resized = torch.nn.functional.interpolate(square, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return resized.round_().clamp_(0, 255).to(torch.uint8)

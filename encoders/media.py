@@ -96,15 +96,20 @@ def decode_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits 
     return crop_to_model(load_image(data, size, name=name, limits=limits), size)
 
 
+def check_extension(name: str) -> None:
+    """Refuses a file whose name says it is not an image (an extensionless name passes)."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext and ext not in IMAGE_EXTENSIONS:
+        raise MediaError(f"file extension {ext!r} is not an image type ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
 def load_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits = ImageLimits()):
     """Decodes an image to an EXIF-rotated RGB Pillow image of at least `size` on its shortest
     side where the source has it (JPEGs are decoded at a reduced scale when that covers it).
     Raises MediaError."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    ext = os.path.splitext(name)[1].lower()
-    if ext and ext not in IMAGE_EXTENSIONS:
-        raise MediaError(f"file extension {ext!r} is not an image type ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    check_extension(name)
     if len(data) == 0:
         raise MediaError("empty file (0 bytes)")
     _check_size(len(data), limits.max_bytes)

@@ -21,3 +21,17 @@ def test_fp16_gpu_vectors_match_the_cpu_path(model):
     assert cosine.min() >= 0.99, cosine
     titles = ["red running shoe", "ceramic coffee cup", "a very long title " * 10]
     assert (cpu.encode_texts(titles) * gpu.encode_texts(titles)).sum(axis=1).min() >= 0.99
+
+
+def test_nvjpeg_pixels_and_fingerprints_match_the_cpu_decoder():
+    from conftest import photo_bytes
+
+    from encoders.device_decode import decode_on_device
+    from encoders.phash import hamming, hash_bytes
+
+    images = [photo_bytes(name, size=None) for name in SAMPLE_PHOTOS]
+    gpu, cpu = decode_on_device(images, 224, "cuda"), decode_on_device(images, 224, "cpu")
+    assert gpu.errors == cpu.errors == [None] * len(images) and gpu.pixels.is_cuda
+    assert (gpu.pixels.cpu().int() - cpu.pixels.int()).abs().float().mean() < 2.0  # decoders' IDCT rounding
+    distances = hamming(hash_bytes([h for h, _ in gpu.fingerprints]), hash_bytes([h for h, _ in cpu.fingerprints]))
+    assert distances.diagonal().max() <= 8

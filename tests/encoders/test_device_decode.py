@@ -1,5 +1,5 @@
 """Device-side JPEG decoding, run on the CPU here (the same code nvJPEG runs on a GPU):
-the pixels and embeddings of the CPU path, every orientation, and per-image errors."""
+the pixels, fingerprints and embeddings of the CPU path, every orientation, and per-image errors."""
 
 import io
 
@@ -7,21 +7,28 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, photo_bytes, sample_photo
 
-from encoders.device_decode import decode_on_device
-from encoders.media import decode_image
+from encoders.device_decode import decode_on_device, jpeg_header
+from encoders.media import decode_image, load_image
+from encoders.phash import hamming, hash_bytes, pdq_hash
 
 SIZE = 64
 
 
 def test_device_pixels_match_the_cpu_path(micro_encoder):
     images = [photo_bytes(name, size=None) for name in SAMPLE_PHOTOS] + [sample_photo("coffee.png").read_bytes()]  # a PNG goes to the CPU
-    pixels, errors = decode_on_device(images, SIZE, "cpu")
-    assert errors == [None] * len(images)
-    device = pixels.permute(0, 2, 3, 1).numpy()
+    decoded = decode_on_device(images, SIZE, "cpu")
+    assert decoded.errors == [None] * len(images)
+    device = decoded.pixels.permute(0, 2, 3, 1).numpy()
     cpu = np.stack([decode_image(data, SIZE) for data in images])
     assert np.abs(device.astype(int) - cpu.astype(int)).mean() < 2.0  # resampling rounding only
     a, b = micro_encoder.encode_images(device), micro_encoder.encode_images(cpu)
     assert ((a * b).sum(axis=1) >= 0.99).all()
+    # Fingerprints of the whole picture at full resolution, as Meta's reference hasher (pdqhash)
+    # takes them, within a few of the 256 bits (PDQ calls <= 31 a match).
+    expected = [pdq_hash(np.asarray(load_image(data, 100_000))) for data in images]
+    distances = hamming(hash_bytes([h for h, _ in decoded.fingerprints]), hash_bytes([h for h, _ in expected])).diagonal()
+    assert distances.max() <= 8, distances
+    assert [q for _, q in decoded.fingerprints] == [q for _, q in expected]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -33,19 +40,28 @@ def test_every_exif_orientation_is_applied_as_pillow_does(orientation):
     exif[0x0112] = orientation
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=95, exif=exif)
-    pixels, errors = decode_on_device([buffer.getvalue()], SIZE, "cpu")
+    decoded = decode_on_device([buffer.getvalue()], SIZE, "cpu")
     expected = decode_image(buffer.getvalue(), SIZE)
-    assert errors == [None]
-    assert np.abs(pixels[0].permute(1, 2, 0).numpy().astype(int) - expected.astype(int)).mean() < 2.0
+    assert decoded.errors == [None]
+    assert np.abs(decoded.pixels[0].permute(1, 2, 0).numpy().astype(int) - expected.astype(int)).mean() < 2.0
 
 
 def test_bad_images_are_per_image_errors_and_the_rest_decode():
     bad = bad_media()
     names = ["good.jpg", *bad]
     images = [photo_bytes(), *bad.values()]
-    pixels, errors = decode_on_device(images, SIZE, "cpu")
-    assert errors[0] is None and pixels[0].float().mean() > 10
-    for name, error in zip(names[1:], errors[1:]):
+    decoded = decode_on_device(images, SIZE, "cpu")
+    assert decoded.errors[0] is None and decoded.pixels[0].float().mean() > 10 and decoded.fingerprints[0]
+    for name, error, fingerprint in zip(names[1:], decoded.errors[1:], decoded.fingerprints[1:]):
         if name != "notes.txt":  # by content a JPEG: decoding it is right (the name is checked upstream)
-            assert error, name
-    assert "over the 80 MP limit" in errors[names.index("bomb.png")] or "bomb" in errors[names.index("bomb.png")]
+            assert error and fingerprint is None, name
+    assert "truncated" in decoded.errors[names.index("truncated.jpg")]  # Pillow's refusal, not a grey fill
+    assert "over the 80 MP limit" in decoded.errors[names.index("bomb.png")] or "bomb" in decoded.errors[names.index("bomb.png")]
+
+
+def test_only_whole_jpegs_go_to_the_device():
+    whole = photo_bytes()
+    assert jpeg_header(whole)[0] and jpeg_header(whole + b"\0" * 16)[0]
+    assert not jpeg_header(whole[: len(whole) // 2])[0]  # truncated: the CPU refuses it
+    assert not jpeg_header(whole + b"SEFT trailer")[0]  # the CPU decodes it as Pillow always has
+    assert not jpeg_header(sample_photo("coffee.png").read_bytes())[0]

@@ -1,0 +1,31 @@
+"""The batched, device-side PDQ hasher against Meta's reference (the pdqhash package)."""
+
+import numpy as np
+from conftest import SAMPLE_PHOTOS, sample_photo
+
+from encoders.media import load_image
+from encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
+
+
+def full_picture(name: str) -> np.ndarray:
+    return np.asarray(load_image(sample_photo(name).read_bytes(), 100_000))
+
+
+def test_batched_hashes_are_the_reference_hashes_within_a_few_bits():
+    import torch
+
+    # Same-sized crops of different photos (one batch), and a large photo (downscaled to 512 first).
+    crops = [full_picture(name)[:280, :400] for name in SAMPLE_PHOTOS]
+    for batch in (crops, [full_picture("retina.jpg")]):
+        hashes = pdq_hashes(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
+        expected = [pdq_hash(image) for image in batch]
+        distances = hamming(hash_bytes([h for h, _ in hashes]), hash_bytes([h for h, _ in expected])).diagonal()
+        assert distances.max() <= 8, distances
+        assert [q for _, q in hashes] == [q for _, q in expected]
+    # A flat picture: its bits are rounding noise, and its quality (0) says so, as the reference's does.
+    flat = np.full((1, 120, 90, 3), 128, np.uint8)
+    assert pdq_hashes(torch.from_numpy(flat).permute(0, 3, 1, 2))[0][1] == pdq_hash(flat[0])[1] == 0
+    # Different photos are far apart: the bits are the pictures', not the algorithm's.
+    different = hamming(hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))]),
+                        hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops[1:] + crops[:1])).permute(0, 3, 1, 2))]))
+    assert different.diagonal().min() > 64
