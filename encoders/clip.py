@@ -179,7 +179,8 @@ class ClipEmbedder:
         rows = [i for i, data in enumerate(batch["encoded"]) if isinstance(data, bytes) and status[i] == OK]
         if not rows:
             return batch
-        decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device)
+        decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device,
+                                   orientations=[int(batch["exif_orientation"][i]) for i in rows])
         frames, pdq, quality = batch["pixels"].copy(), batch["pdq"].copy(), batch["pdq_quality"].copy()
         on_host = decoded.pixels.permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
         for k, (i, message, fingerprint) in enumerate(zip(rows, decoded.errors, decoded.fingerprints)):
@@ -188,7 +189,8 @@ class ClipEmbedder:
             else:
                 frames[i] = on_host[k : k + 1]
                 pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
-        return {k: v for k, v in batch.items() if k != "encoded"} | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
+        unused = ("encoded", "exif_orientation")
+        return {k: v for k, v in batch.items() if k not in unused} | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
 
 
 def _build_model(source: ModelSource):

@@ -52,6 +52,7 @@ class MediaDecoder:
             "pdq": np.empty(n, dtype=object),
             "pdq_quality": np.empty(n, dtype=object),
             "encoded": np.full(n, None, dtype=object),  # bytes the embed stage decodes on its device
+            "exif_orientation": np.ones(n, np.int8),  # of the `encoded` JPEG, so its header is read once
         }
         for i in range(n):
             frames = None
@@ -78,9 +79,10 @@ class MediaDecoder:
             if out["media_sha256"][i] == known:
                 out["status"][i] = SKIPPED
                 return None
-            if self.defer_jpegs and jpeg_header(data, self.image_limits)[0]:
+            on_device, orientation = jpeg_header(data, self.image_limits) if self.defer_jpegs else (False, 1)
+            if on_device:
                 check_extension(uri)
-                out["encoded"][i] = data  # decoded and fingerprinted by the embed stage
+                out["encoded"][i], out["exif_orientation"][i] = data, orientation  # decoded and fingerprinted by the embed stage
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
             image = load_image(data, self.size, name=uri, limits=self.image_limits)
             hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)

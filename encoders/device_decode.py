@@ -63,10 +63,14 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bool,
     return fmt == "JPEG" and mode in DEVICE_MODES and whole, int(orientation) if orientation in range(1, 9) else 1
 
 
-def decode_on_device(images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits()) -> DeviceDecoded:
+def decode_on_device(
+    images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits(), orientations: list[int] | None = None,
+) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
     as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device
-    takes are decoded there in one batch; the rest, and any it fails on, on the CPU."""
+    takes are decoded there in one batch; the rest, and any it fails on, on the CPU.
+    `orientations`: each image's EXIF orientation from a `jpeg_header` that already accepted it
+    (the decode stage's), so that the process feeding the GPU does not parse headers again."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -76,7 +80,7 @@ def decode_on_device(images: list[bytes], size: int, device: str, limits: ImageL
     on_device, orientation = [], {}
     for n, data in enumerate(images):
         try:
-            ok, orientation[n] = jpeg_header(data, limits)
+            ok, orientation[n] = (True, orientations[n]) if orientations is not None else jpeg_header(data, limits)
         except MediaError as e:
             errors[n] = str(e)
             continue

@@ -65,3 +65,42 @@ def test_only_whole_jpegs_go_to_the_device():
     assert not jpeg_header(whole[: len(whole) // 2])[0]  # truncated: the CPU refuses it
     assert not jpeg_header(whole + b"SEFT trailer")[0]  # the CPU decodes it as Pillow always has
     assert not jpeg_header(sample_photo("coffee.png").read_bytes())[0]
+
+
+def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerprints(micro_encoder, tmp_path):
+    """The decode stage leaves JPEGs to the embed stage with their orientation; PNGs, truncated
+    JPEGs and wrong names it handles itself, as without deferral."""
+    from PIL import Image
+
+    from encoders.clip import ClipEmbedder
+    from encoders.decode import MediaDecoder
+
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(sample_photo("chelsea.png")).convert("RGB").save(rotated, "JPEG", quality=95, exif=exif)
+    files = {"rotated.jpg": rotated.getvalue(), "coffee.png": sample_photo("coffee.png").read_bytes(),
+             "truncated.jpg": bad_media()["truncated.jpg"], "notes.txt": photo_bytes()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    n = len(files)
+    rows = {"item_id": list(files), "kind": ["product"] * n, "title": ["a cat"] * n, "media_uri": [str(tmp_path / f) for f in files],
+            "status": ["ok"] * n, "error": [None] * n, "known_sha256": [None] * n, "frames": [None] * n}
+    decoded = MediaDecoder(SIZE, fingerprint=True, defer_jpegs=True)({k: np.array(v, dtype=object) for k, v in rows.items()})
+    assert [isinstance(e, bytes) for e in decoded["encoded"]] == [True, False, False, False]
+    assert list(decoded["exif_orientation"]) == [6, 1, 1, 1]
+    stage = ClipEmbedder.__new__(ClipEmbedder)
+    stage.encoder, stage.keep_pixels = micro_encoder, True  # the constructor loads the same model
+    out = stage(decoded)
+    assert list(out["status"]) == ["ok", "ok", "error", "error"] and "encoded" not in out
+    assert "truncated" in out["error"][2] and "not an image type" in out["error"][3]
+    def distance(a, b):
+        return np.abs(a.astype(int) - b.astype(int)).mean()
+
+    # Pillow decodes at a reduced JPEG scale, the device at full size: a few grey levels apart,
+    # while the picture unrotated is tens apart.
+    assert distance(out["pixels"][0][0], np.rot90(decode_image(files["rotated.jpg"], SIZE))) > 20
+    for i, data in enumerate(list(files.values())[:2]):
+        assert distance(out["pixels"][i][0], decode_image(data, SIZE)) < 4.0
+        expected = pdq_hash(np.asarray(load_image(data, 100_000)))
+        assert hamming(hash_bytes([out["pdq"][i][0]]), hash_bytes([expected[0]]))[0, 0] <= 16
