@@ -34,6 +34,8 @@ class ClipEncoder:
         import open_clip
         import torch
 
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 image, got {chunk}")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.source = source or resolve_weights(spec.model, spec.pretrained)

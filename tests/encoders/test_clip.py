@@ -78,6 +78,8 @@ def test_images_encoded_in_chunks_equal_one_batch(micro_encoder, photos):
     assert chunked.chunk == 2 and micro_encoder.chunk >= len(photos)
     np.testing.assert_allclose(chunked.encode_images(photos), micro_encoder.encode_images(photos), atol=1e-6)
     assert chunked.encode_images(photos[:0]).shape == (0, chunked.dim)
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        ClipEncoder(MICRO, chunk=0)
 
 
 def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
