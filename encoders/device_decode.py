@@ -24,7 +24,8 @@ from encoders.phash import pdq_hash, pdq_hashes
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes as the CPU path would; CMYK, YCCK... go to the CPU
 END_OF_IMAGE = b"\xff\xd9"
-GROUP = 64  # images resized and fingerprinted in one batch: bounds the device memory of the float copies
+DECODE_BATCH = 64  # JPEGs decoded at once
+GROUP_PIXELS = 64 * 1024 * 1024  # pixels resized and fingerprinted at once: bounds the device memory of their float copies
 
 
 @dataclass
@@ -68,11 +69,10 @@ def decode_on_device(
 ) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
     as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device
-    takes are decoded there in one batch; the rest, and any it fails on, on the CPU.
+    takes are decoded there, DECODE_BATCH at a time; the rest, and any it fails on, on the CPU.
     `orientations`: each image's EXIF orientation from a `jpeg_header` that already accepted it
     (the decode stage's), so that the process feeding the GPU does not parse headers again."""
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8, device=device)
     errors: list[str | None] = [None] * len(images)
@@ -86,27 +86,12 @@ def decode_on_device(
             continue
         if ok:
             on_device.append(n)
-    decoded: dict[int, torch.Tensor] = {}
-    if on_device:
-        tensors = [torch.frombuffer(bytearray(images[n]), dtype=torch.uint8) for n in on_device]
-        try:
-            decoded = dict(zip(on_device, decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)))
-        except RuntimeError:  # one bad file fails the batch: retry one by one
-            for n, tensor in zip(on_device, tensors):
-                try:
-                    decoded[n] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
-                except RuntimeError:
-                    pass  # the CPU path below decodes it, or says what is wrong
-    by_shape: dict[tuple, list[int]] = {}
-    for n in decoded:
-        decoded[n] = oriented(decoded[n], orientation[n])
-        by_shape.setdefault(tuple(decoded[n].shape), []).append(n)
-    # Catalog photos come in a few sizes: each size is one batch of device work, not one per image.
-    for members in by_shape.values():
-        for start in range(0, len(members), GROUP):
-            group = members[start : start + GROUP]
-            batch = torch.stack([decoded.pop(n) for n in group])
-            out[group] = crop_and_resize(batch, size)
+    # Full-size pictures are large (a 12 MP photo is 36 MB decoded): a few at a time hold the device's memory.
+    for start in range(0, len(on_device), DECODE_BATCH):
+        decoded = _decode_jpegs({n: images[n] for n in on_device[start : start + DECODE_BATCH]}, device)
+        for group in _same_shape_groups({n: oriented(image, orientation[n]) for n, image in decoded.items()}):
+            batch = torch.stack(list(group.values()))
+            out[list(group)] = crop_and_resize(batch, size)
             for n, fingerprint in zip(group, pdq_hashes(batch)):
                 fingerprints[n] = fingerprint
     for n, data in enumerate(images):
@@ -120,6 +105,38 @@ def decode_on_device(
         fingerprints[n] = pdq_hash(np.asarray(image))
         out[n] = torch.from_numpy(crop_to_model(image, size).transpose(2, 0, 1).copy()).to(device)
     return DeviceDecoded(out, errors, fingerprints)
+
+
+def _decode_jpegs(jpegs: dict[int, bytes], device: str) -> dict:
+    """nvJPEG (torchvision) on a batch; what it refuses is left out, for the CPU to decode or refuse."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = {n: torch.frombuffer(bytearray(data), dtype=torch.uint8) for n, data in jpegs.items()}
+    try:
+        return dict(zip(tensors, decode_jpeg(list(tensors.values()), mode=ImageReadMode.RGB, device=device)))
+    except RuntimeError:  # one bad file fails the batch: retry one by one
+        decoded = {}
+        for n, tensor in tensors.items():
+            try:
+                decoded[n] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                pass
+        return decoded
+
+
+def _same_shape_groups(images: dict) -> list[dict]:
+    """Images of one shape, at most GROUP_PIXELS in all (at least one image) per group: catalog
+    photos come in a few sizes, so each size is one batch of device work, not one per image."""
+    by_shape: dict[tuple, dict] = {}
+    for n, image in images.items():
+        by_shape.setdefault(tuple(image.shape), {})[n] = image
+    groups = []
+    for shape, members in by_shape.items():
+        per_group = max(1, GROUP_PIXELS // (shape[1] * shape[2]))
+        items = list(members.items())
+        groups += [dict(items[start : start + per_group]) for start in range(0, len(items), per_group)]
+    return groups
 
 
 def oriented(image, orientation: int):

@@ -59,6 +59,20 @@ def test_bad_images_are_per_image_errors_and_the_rest_decode():
     assert "over the 80 MP limit" in decoded.errors[names.index("bomb.png")] or "bomb" in decoded.errors[names.index("bomb.png")]
 
 
+def test_batches_and_shape_groups_do_not_change_results(monkeypatch):
+    """Decoded a few at a time, resized in groups of one shape under a pixel budget: the same
+    pixels and fingerprints as all at once, whatever the order of sizes."""
+    import encoders.device_decode as device_decode
+
+    images = [photo_bytes(name, size=None) for name in (*SAMPLE_PHOTOS, *SAMPLE_PHOTOS[:2])]
+    whole = decode_on_device(images, SIZE, "cpu")
+    monkeypatch.setattr(device_decode, "DECODE_BATCH", 3)
+    monkeypatch.setattr(device_decode, "GROUP_PIXELS", 1)  # one image per group
+    piecewise = decode_on_device(images, SIZE, "cpu")
+    assert piecewise.errors == whole.errors == [None] * len(images)
+    assert (piecewise.pixels == whole.pixels).all() and piecewise.fingerprints == whole.fingerprints
+
+
 def test_only_whole_jpegs_go_to_the_device():
     whole = photo_bytes()
     assert jpeg_header(whole)[0] and jpeg_header(whole + b"\0" * 16)[0]
