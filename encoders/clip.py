@@ -173,7 +173,7 @@ class ClipEmbedder:
         return out
 
     def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
-        """Decodes and fingerprints the JPEGs the decode stage left to this device, in one batch
+        """Decodes and fingerprints the JPEGs the decode stage left to this device, in batches
         (nvJPEG on a GPU); one that fails becomes its row's error."""
         from encoders.device_decode import decode_on_device
 
@@ -181,9 +181,9 @@ class ClipEmbedder:
         rows = [i for i, data in enumerate(batch["encoded"]) if isinstance(data, bytes) and status[i] == OK]
         if not rows:
             return batch
-        decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device,
-                                   orientations=[int(batch["exif_orientation"][i]) for i in rows])
-        frames, pdq, quality = batch["pixels"].copy(), batch["pdq"].copy(), batch["pdq_quality"].copy()
+        headers = [(int(batch["exif_orientation"][i]), int(batch["jpeg_pixels"][i])) for i in rows]
+        decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device, headers=headers)
+        frames, pdq, quality = per_row(batch["pixels"]), per_row(batch["pdq"]), per_row(batch["pdq_quality"])
         on_host = decoded.pixels.permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
         for k, (i, message, fingerprint) in enumerate(zip(rows, decoded.errors, decoded.fingerprints)):
             if message:
@@ -191,8 +191,18 @@ class ClipEmbedder:
             else:
                 frames[i] = on_host[k : k + 1]
                 pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
-        unused = ("encoded", "exif_orientation")
+        unused = ("encoded", "exif_orientation", "jpeg_pixels")
         return {k: v for k, v in batch.items() if k not in unused} | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
+
+
+def per_row(column: np.ndarray) -> np.ndarray:
+    """A column as one object per row. Through Arrow and Ray, a column whose rows all have one
+    shape (every row's frames deferred: [N, 0, S, S, 3]) comes back as one N-D array, into
+    whose rows a frame would not fit."""
+    rows = np.empty(len(column), dtype=object)
+    for i, value in enumerate(column):
+        rows[i] = value
+    return rows
 
 
 def _build_model(source: ModelSource):

@@ -3,7 +3,9 @@
 A product image becomes one frame, a video or live segment its sampled frames. Every row leaves
 with `pixels` [F, size, size, 3], `frame_index` and `timestamp_s` [F], `media_sha256` and `note`,
 and, when fingerprinting, `pdq` and `pdq_quality` [F]: each frame's PDQ hash taken on the whole
-picture (the model sees only its centre square).
+picture (the model sees only its centre square). A JPEG left to the embedding device
+(`defer_jpegs`) leaves with no frame, its bytes in `encoded`, and [None] and [-1] as its hash and
+quality: the embed stage decodes and fingerprints it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class MediaDecoder:
         self.fingerprint = fingerprint
         # JPEGs the embedding device can decode are left to it (encoders.device_decode), which
         # also fingerprints them: this stage then only reads, hashes and checks headers.
+        if defer_jpegs and not fingerprint:
+            raise ValueError("defer_jpegs needs fingerprint: the device fingerprints every JPEG it decodes")
         self.defer_jpegs = defer_jpegs
         self.image_limits = image_limits
         self.video_limits = video_limits
@@ -52,7 +56,9 @@ class MediaDecoder:
             "pdq": np.empty(n, dtype=object),
             "pdq_quality": np.empty(n, dtype=object),
             "encoded": np.full(n, None, dtype=object),  # bytes the embed stage decodes on its device
-            "exif_orientation": np.ones(n, np.int8),  # of the `encoded` JPEG, so its header is read once
+            # ...with its header's orientation and size, so that no header is parsed twice.
+            "exif_orientation": np.ones(n, np.int8),
+            "jpeg_pixels": np.zeros(n, np.int64),
         }
         for i in range(n):
             frames = None
@@ -79,10 +85,10 @@ class MediaDecoder:
             if out["media_sha256"][i] == known:
                 out["status"][i] = SKIPPED
                 return None
-            on_device, orientation = jpeg_header(data, self.image_limits) if self.defer_jpegs else (False, 1)
-            if on_device:
-                check_extension(uri)
-                out["encoded"][i], out["exif_orientation"][i] = data, orientation  # decoded and fingerprinted by the embed stage
+            check_extension(uri)
+            header = jpeg_header(data, self.image_limits) if self.defer_jpegs else None
+            if header and header.on_device:  # decoded and fingerprinted by the embed stage
+                out["encoded"][i], out["exif_orientation"][i], out["jpeg_pixels"][i] = data, header.orientation, header.pixels
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
             image = load_image(data, self.size, name=uri, limits=self.image_limits)
             hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)

@@ -24,8 +24,9 @@ from encoders.phash import pdq_hash, pdq_hashes
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes as the CPU path would; CMYK, YCCK... go to the CPU
 END_OF_IMAGE = b"\xff\xd9"
-DECODE_BATCH = 64  # JPEGs decoded at once
-GROUP_PIXELS = 64 * 1024 * 1024  # pixels resized and fingerprinted at once: bounds the device memory of their float copies
+DECODE_BATCH = 64  # JPEGs decoded at once...
+DECODE_PIXELS = 256 * 2**20  # ...holding at most this many pixels (768 MB) on the device
+GROUP_PIXELS = 64 * 2**20  # pixels resized and fingerprinted at once: bounds the device memory of their float copies
 
 
 @dataclass
@@ -38,9 +39,16 @@ class DeviceDecoded:
     fingerprints: list
 
 
-def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bool, int]:
-    """(whether the device may decode it, EXIF orientation) from the header alone. Raises
-    MediaError for what the CPU path would refuse before decoding (size, bombs, empty files)."""
+@dataclass(frozen=True)
+class JpegHeader:
+    on_device: bool  # whether the device may decode it
+    orientation: int = 1  # EXIF, 1-8
+    pixels: int = 0  # width x height
+
+
+def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> JpegHeader:
+    """What the header alone says. Raises MediaError for what the CPU path would refuse before
+    decoding (size, bombs, empty files)."""
     from PIL import Image
 
     if len(data) == 0:
@@ -55,41 +63,41 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bool,
             fmt, mode = image.format, image.mode
             orientation = image.getexif().get(EXIF_ORIENTATION, 1) if fmt == "JPEG" else 1
     except Exception:
-        return False, 1  # the CPU path decides, and says why
+        return JpegHeader(False)  # the CPU path decides, and says why
     if width * height > limits.max_pixels:
         raise MediaError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {limits.max_pixels / 1e6:.0f} MP limit")
     # A truncated JPEG lacks its end marker; GPU decoders may fill the rest with grey where
     # Pillow refuses it, so the CPU decides (a trailer after the marker also lands there).
     whole = data.rstrip(b"\0").endswith(END_OF_IMAGE)
-    return fmt == "JPEG" and mode in DEVICE_MODES and whole, int(orientation) if orientation in range(1, 9) else 1
+    orientation = int(orientation) if orientation in range(1, 9) else 1
+    return JpegHeader(fmt == "JPEG" and mode in DEVICE_MODES and whole, orientation, width * height)
 
 
 def decode_on_device(
-    images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits(), orientations: list[int] | None = None,
+    images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits(), headers: list[tuple[int, int]] | None = None,
 ) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
     as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device
-    takes are decoded there, DECODE_BATCH at a time; the rest, and any it fails on, on the CPU.
-    `orientations`: each image's EXIF orientation from a `jpeg_header` that already accepted it
-    (the decode stage's), so that the process feeding the GPU does not parse headers again."""
+    takes are decoded there, in batches of at most DECODE_BATCH images and DECODE_PIXELS pixels;
+    the rest, and any it fails on, on the CPU. `headers`: each image's (EXIF orientation, pixel
+    count) from a `jpeg_header` that already accepted it (the decode stage's), so that the
+    process feeding the GPU does not parse headers again."""
     import torch
 
     out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8, device=device)
     errors: list[str | None] = [None] * len(images)
     fingerprints: list[tuple[str, int] | None] = [None] * len(images)
-    on_device, orientation = [], {}
+    checked: dict[int, JpegHeader] = {}
     for n, data in enumerate(images):
         try:
-            ok, orientation[n] = (True, orientations[n]) if orientations is not None else jpeg_header(data, limits)
+            checked[n] = JpegHeader(True, *headers[n]) if headers is not None else jpeg_header(data, limits)
         except MediaError as e:
             errors[n] = str(e)
-            continue
-        if ok:
-            on_device.append(n)
-    # Full-size pictures are large (a 12 MP photo is 36 MB decoded): a few at a time hold the device's memory.
-    for start in range(0, len(on_device), DECODE_BATCH):
-        decoded = _decode_jpegs({n: images[n] for n in on_device[start : start + DECODE_BATCH]}, device)
-        for group in _same_shape_groups({n: oriented(image, orientation[n]) for n, image in decoded.items()}):
+    on_device = [n for n, header in checked.items() if header.on_device]
+    for batch_members in _decode_batches(on_device, [checked[n].pixels for n in on_device]):
+        decoded = _decode_jpegs({n: images[n] for n in batch_members}, device)
+        decoded = {n: oriented(image, checked[n].orientation) for n, image in decoded.items()}  # the unrotated ones freed
+        for group in _same_shape_groups(decoded):
             batch = torch.stack(list(group.values()))
             out[list(group)] = crop_and_resize(batch, size)
             for n, fingerprint in zip(group, pdq_hashes(batch)):
@@ -105,6 +113,20 @@ def decode_on_device(
         fingerprints[n] = pdq_hash(np.asarray(image))
         out[n] = torch.from_numpy(crop_to_model(image, size).transpose(2, 0, 1).copy()).to(device)
     return DeviceDecoded(out, errors, fingerprints)
+
+
+def _decode_batches(members: list[int], pixels: list[int]) -> list[list[int]]:
+    """`members` in order, cut into batches of at most DECODE_BATCH images and DECODE_PIXELS
+    decoded pixels (at least one image each): full-size photos are large (12 MP is 36 MB decoded)."""
+    batches: list[list[int]] = []
+    total = 0
+    for n, count in zip(members, pixels):
+        if not batches or len(batches[-1]) == DECODE_BATCH or total + count > DECODE_PIXELS:
+            batches.append([])
+            total = 0
+        batches[-1].append(n)
+        total += count
+    return batches
 
 
 def _decode_jpegs(jpegs: dict[int, bytes], device: str) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 
 PDQ_BITS = 256
 MAX_SIDE = 512  # PDQ's own reference hasher downsamples to this before hashing
+MIN_SIDE = 5  # the reference hashes nothing smaller
 
 
 def pdq_hash(rgb: np.ndarray) -> tuple[str, int]:
@@ -47,6 +48,8 @@ def pdq_hashes(images) -> list[tuple[str, int]]:
 
     if len(images) == 0:
         return []
+    if min(images.shape[-2:]) < MIN_SIDE:
+        return [("0" * 64, 0)] * len(images)  # as the reference: no hash, quality 0
     grids = _luma_64x64(images)  # [N, 64, 64]
     dct = _dct_matrix(grids.device)
     coefficients = (dct @ grids @ dct.T).flatten(1)  # [N, 256]

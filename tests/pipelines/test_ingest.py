@@ -175,6 +175,19 @@ def test_an_empty_manifest_is_an_empty_job(tmp_path, media_dir):
     assert lancedb.connect(str(tmp_path / "db")).open_table(ITEMS).count_rows() == 0
 
 
+def test_device_decoding_a_catalog_of_jpegs_only(tmp_path):
+    """Every row of a block left to the device: through Arrow and Ray its frames column comes
+    back as one [N, 0, S, S, 3] array, which the embed stage must still fill row by row."""
+    rows = []
+    for n, name in enumerate(SAMPLE_PHOTOS):
+        (tmp_path / f"{n}.jpg").write_bytes(photo_bytes(name))
+        rows.append({"item_id": f"jpeg-{n}", "kind": "product", "title": name, "image": f"{n}.jpg"})
+    summary = ingest(config(write_manifest(tmp_path / "catalog.csv", rows), str(tmp_path / "db"), device_decode="on"))
+    assert (summary.ok, summary.failed) == (len(rows), 0), summary.errors
+    for row in rows_by_id(str(tmp_path / "db")).values():
+        assert row["vector"] is not None and row["pdq"] is not None and row["pdq_quality"] > 50, row["item_id"]
+
+
 def test_device_decoding_gives_the_cpu_paths_rows(ingested, catalog, tmp_path):
     """The embed stage's own JPEG decoding (nvJPEG on a GPU; torchvision's CPU decoder here, the
     same code) against the decode stage's: the same vectors within fp tolerance, the same errors."""
