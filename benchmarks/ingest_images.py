@@ -112,12 +112,6 @@ def model_only_rates(
     return timings[0], timings[1], timings[2]
 
 
-def summary_image_size(model: str, pretrained: str) -> int:
-    from encoders.weights import resolve_weights
-
-    return resolve_weights(model, pretrained).image_size
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000)
@@ -129,6 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from encoders.weights import resolve_weights
     from pipelines.ingest import IngestConfig, ingest
     from pipelines.ray_data import cluster_resources, plan_pools
 
@@ -156,7 +151,7 @@ def main() -> None:
         device = "cuda" if pools.embed.num_gpus else "cpu"
         model_only, embed_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
                                                                pools.embed.threads, pools.embed.batch_size, args.policy)
-        deferred_decode, cpu_decode = decode_stage_rates(folder, args.images, summary_image_size(args.model, args.pretrained))
+        deferred_decode, cpu_decode = decode_stage_rates(folder, args.images, resolve_weights(args.model, args.pretrained).image_size)
 
     figures = {
         "benchmark": "ingest_images",

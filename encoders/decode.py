@@ -14,11 +14,8 @@ import hashlib
 
 import numpy as np
 
-from encoders.device_decode import jpeg_header
-from encoders.media import (
-    ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, crop_to_model, load_image, local_copy, read_media, text_or_none,
-)
-from encoders.phash import pdq_hash
+from encoders.device_decode import decode_on_cpu, jpeg_header
+from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
 from encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
@@ -90,9 +87,8 @@ class MediaDecoder:
             if header and header.on_device:  # decoded and fingerprinted by the embed stage
                 out["encoded"][i], out["exif_orientation"][i], out["jpeg_pixels"][i] = data, header.orientation, header.pixels
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
-            image = load_image(data, self.size, name=uri, limits=self.image_limits)
-            hashed, quality = pdq_hash(np.asarray(image)) if self.fingerprint else (None, None)
-            return crop_to_model(image, self.size)[None], [0], [0.0], [hashed], [quality]
+            pixels, (hashed, quality) = decode_on_cpu(data, self.size, self.image_limits, self.fingerprint)
+            return pixels[None], [0], [0.0], [hashed], [quality]
         with local_copy(uri, MAX_VIDEO_BYTES) as (path, sha256):
             out["media_sha256"][i] = sha256
             if sha256 == known:

@@ -106,13 +106,19 @@ def decode_on_device(
         if errors[n] is not None or fingerprints[n] is not None:
             continue
         try:
-            image = load_image(data, size, limits=limits)
+            pixels, fingerprints[n] = decode_on_cpu(data, size, limits)
         except MediaError as e:
             errors[n] = str(e)
             continue
-        fingerprints[n] = pdq_hash(np.asarray(image))
-        out[n] = torch.from_numpy(crop_to_model(image, size).transpose(2, 0, 1).copy()).to(device)
+        out[n] = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).to(device)
     return DeviceDecoded(out, errors, fingerprints)
+
+
+def decode_on_cpu(data: bytes, size: int, limits: ImageLimits, fingerprint: bool = True) -> tuple[np.ndarray, tuple]:
+    """The CPU path: uint8 [size, size, 3] (`encoders.media.decode_image`) and the PDQ (hash,
+    quality) of the whole picture, (None, None) unless `fingerprint`. Raises MediaError."""
+    image = load_image(data, size, limits=limits)
+    return crop_to_model(image, size), pdq_hash(np.asarray(image)) if fingerprint else (None, None)
 
 
 def _decode_batches(members: list[int], pixels: list[int]) -> list[list[int]]:
