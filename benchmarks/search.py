@@ -6,13 +6,16 @@ For each size: embedding-like synthetic vectors (clusters in a 32-d latent space
 `dim`, plus noise: `pipelines.synthetic`) in an `items` table of the project's schema, with a
 moderated catalog's mix of decisions (2% blocked); exact top-10 by numpy for every query, over
 every row and over the rows the default filters let through (the ground truths, and numpy's
-single-query latency); then, per index type, `shoplens index`'s build
-(`pipelines.indexes.build_indexes`, vector column only) and, per query setting in a warm
-process (the index prewarmed), p50/p99 latency and recall@10 of three things: the index alone
-(the ids of the 10 nearest, what numpy's figure computes too), the same with the default
-filters as a prefilter, and `Searcher.nearest` (the real query path: the filters and the result
-columns). Last, the end-to-end latency of a text query (ViT-B-32 random weights embed it, then
-the ANN search). Prints the figures and one JSON line.
+single-query latency). Then two ways to answer, each at several query settings, with p50/p99
+latency and recall@10 of three things: the index alone (the ids of the 10 nearest, what numpy's
+figure computes too), the same with the default filters, and `Searcher.nearest` (the real query
+path: the filters and the result columns):
+- a warm process (`Searcher(db, prewarm=True)`): the vectors copied into faiss
+  (`pipelines.memory_index`), with its load-and-build time;
+- per Lance index type, `shoplens index`'s build (`pipelines.indexes.build_indexes`, vector
+  column only), then Lance queries (what one-shot CLI queries run), the index prewarmed.
+Last, the end-to-end latency of a text query in the warm process (ViT-B-32 with random weights
+embeds it, then the search). Prints the figures and one JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.indexes import QueryTuning, build_indexes  # noqa: E402
+from pipelines.memory_index import RowSet  # noqa: E402
 from pipelines.search import SearchFilters, Searcher  # noqa: E402
 from pipelines.synthetic import embedding_like, mixed_decisions, synthetic_items  # noqa: E402
 
@@ -40,6 +44,7 @@ SETTINGS = {
     "IVF_PQ": [QueryTuning(nprobes=10, refine_factor=5), QueryTuning(nprobes=20, refine_factor=10)],
     "IVF_HNSW_SQ": [QueryTuning(nprobes=1, ef=64), QueryTuning(nprobes=2, ef=64), QueryTuning(nprobes=3, ef=128)],
 }
+MEMORY_NPROBES = (5, 10, 20)
 K = 10
 
 
@@ -54,11 +59,17 @@ def latencies_ms(run, queries) -> tuple[np.ndarray, list]:
     return np.array(times), results
 
 
-def ann_ids(searcher: Searcher, query: np.ndarray, filtered: bool) -> list[int]:
-    """The index alone: the nearest item ids, with or without the default filters as a prefilter."""
+def lance_ids(searcher: Searcher, query: np.ndarray, filtered: bool) -> list[int]:
+    """Lance's index alone: the nearest item ids, with or without the default filters as a prefilter."""
     where = SearchFilters().expression("arrow") if filtered else None
-    hits = searcher.dataset.to_table(nearest=searcher.nearest_query(query, K), columns=["item_id"], filter=where, prefilter=True)
+    hits = searcher.dataset.to_table(nearest=searcher.nearest_query(query, K), columns=["item_id"], filter=where, prefilter=True,
+                                     disable_scoring_autoprojection=True)
     return [int(i[1:]) for i in hits["item_id"].to_pylist()]
+
+
+def memory_ids(searcher: Searcher, query: np.ndarray, allowed: RowSet) -> list[int]:
+    """The in-memory index alone: the offsets of the nearest rows (item i is at offset i)."""
+    return searcher.memory["vector"].search(query, K, allowed, searcher.tuning.nprobes)[0].tolist()
 
 
 def exact_numpy(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, list[list], list[list]]:
@@ -81,6 +92,23 @@ def figures(ms: np.ndarray, found, truth, numpy_ms: np.ndarray) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "speedup_vs_numpy": round(float(np.median(numpy_ms) / np.median(ms)), 1)}
 
 
+def compare(label: str, searcher: Searcher, ids, filtered_ids, queries, truth, shown_truth, numpy_ms) -> dict:
+    """The index alone, with the default filters, and `Searcher.nearest`; printed as they come."""
+    row = {}
+    ms, found = latencies_ms(ids, queries)
+    row["index"] = figures(ms, found, truth, numpy_ms)
+    ms, found = latencies_ms(filtered_ids, queries)
+    row["index_filtered"] = figures(ms, found, shown_truth, numpy_ms)
+    ms, hits = latencies_ms(lambda q: searcher.nearest(q, K, SearchFilters()), queries)
+    row["searcher"] = figures(ms, [[int(h["item_id"][1:]) for h in found] for found in hits], shown_truth, numpy_ms)
+    print(f"  {label}:", flush=True)
+    for part, name in (("index", "index alone, ids"), ("index_filtered", "+ default filters"), ("searcher", "Searcher.nearest")):
+        f = row[part]
+        print(f"    {name:<18} recall@10 {f['recall_at_10']:.4f}  p50 {f['p50_ms']:6.2f} ms  p99 {f['p99_ms']:6.2f} ms"
+              f"  {f['speedup_vs_numpy']:>6}x numpy", flush=True)
+    return row
+
+
 def measure(rows: int, dim: int, queries: int, folder: Path, types: list[str]) -> dict:
     vectors = embedding_like(rows, dim)
     query_vectors = embedding_like(queries, dim, sample=2)
@@ -95,34 +123,35 @@ def measure(rows: int, dim: int, queries: int, folder: Path, types: list[str]) -
     del vectors
     report = {"rows": rows, "dim": dim, "queries": queries, "numpy_exact_p50_ms": round(float(np.median(numpy_ms)), 2), "indexes": []}
     print(f"\n{rows:,} x {dim}: exact numpy p50 {report['numpy_exact_p50_ms']} ms a query", flush=True)
-    searcher = None
+    started = time.perf_counter()
+    warm = Searcher(db, device="cpu", prewarm=True)  # a warm process: the vectors copied into faiss
+    report["in_memory"] = {"build_s": round(time.perf_counter() - started, 2), "settings": []}
+    print(f"in memory (faiss IVF, fp16): both vector columns loaded and indexed in {report['in_memory']['build_s']} s", flush=True)
+    every_row, shown_rows = RowSet(np.arange(rows), rows), warm.bitmaps.allowed(SearchFilters())
+    for nprobes in MEMORY_NPROBES:
+        warm.tuning = QueryTuning(nprobes=nprobes)
+        row = {"nprobes": nprobes, **compare(f"nprobes {nprobes}", warm, lambda q: memory_ids(warm, q, every_row),
+                                            lambda q: memory_ids(warm, q, shown_rows), query_vectors, truth, shown_truth, numpy_ms)}
+        report["in_memory"]["settings"].append(row)
     for index_type in types:
         summary = build_indexes(db, index_type, min_rows=1, log=lambda line: print(line, file=sys.stderr), columns=("vector",))
         built = {"type": index_type, "build_s": summary["vector_indexes"]["vector"]["seconds"], "all_indexes_s": summary["seconds"], "settings": []}
-        print(f"{index_type}: vector index built in {built['build_s']} s (with scalar and full-text indexes {built['all_indexes_s']} s)", flush=True)
-        searcher = Searcher(db, device="cpu", prewarm=True)  # a warm process
+        print(f"Lance {index_type}: vector index built in {built['build_s']} s (with scalar and full-text indexes {built['all_indexes_s']} s)", flush=True)
+        lance = Searcher(db, device="cpu")  # a one-shot query's path: Lance, its index loaded once below
+        lance.dataset.prewarm_index(lance.ann["vector"].name)
         for tuning in SETTINGS[index_type]:
-            searcher.tuning = tuning
-            row = {"nprobes": tuning.nprobes, "refine_factor": tuning.refine_for(searcher.ann["vector"].index_type), "ef": tuning.ef}
-            ms, found = latencies_ms(lambda q: ann_ids(searcher, q, filtered=False), query_vectors)
-            row["index"] = figures(ms, found, truth, numpy_ms)
-            ms, found = latencies_ms(lambda q: ann_ids(searcher, q, filtered=True), query_vectors)
-            row["index_filtered"] = figures(ms, found, shown_truth, numpy_ms)
-            ms, hits = latencies_ms(lambda q: searcher.nearest(q, K, SearchFilters()), query_vectors)
-            row["searcher"] = figures(ms, [[int(h["item_id"][1:]) for h in found] for found in hits], shown_truth, numpy_ms)
-            built["settings"].append(row)
-            print(f"  nprobes {row['nprobes']:>3} refine {row['refine_factor']:>3} ef {row['ef']:>4}:", flush=True)
-            for part, label in (("index", "index alone, ids"), ("index_filtered", "+ default filters"), ("searcher", "Searcher.nearest")):
-                f = row[part]
-                print(f"    {label:<18} recall@10 {f['recall_at_10']:.4f}  p50 {f['p50_ms']:6.2f} ms  p99 {f['p99_ms']:6.2f} ms"
-                      f"  {f['speedup_vs_numpy']:>6}x numpy", flush=True)
+            lance.tuning = tuning
+            setting = {"nprobes": tuning.nprobes, "refine_factor": tuning.refine_for(lance.ann["vector"].index_type), "ef": tuning.ef}
+            label = " ".join(f"{name} {value}" for name, value in setting.items())
+            built["settings"].append(setting | compare(label, lance, lambda q: lance_ids(lance, q, False), lambda q: lance_ids(lance, q, True),
+                                                       query_vectors, truth, shown_truth, numpy_ms))
         report["indexes"].append(built)
-    searcher.tuning = QueryTuning()
-    searcher.by_text("warm up the encoder", K)
-    ms, _ = latencies_ms(lambda q: searcher.by_text(q, K), [f"red running shoe size {n}" for n in range(50)])
+    warm.tuning = QueryTuning()
+    warm.by_text("warm up the encoder", K)
+    ms, _ = latencies_ms(lambda q: warm.by_text(q, K), [f"red running shoe size {n}" for n in range(50)])
     report["text_query_p50_ms"] = round(float(np.median(ms)), 2)
     report["text_query_p99_ms"] = round(float(np.percentile(ms, 99)), 2)
-    print(f"text query, embed (ViT-B-32) + search with the last index: p50 {report['text_query_p50_ms']} ms, p99 {report['text_query_p99_ms']} ms")
+    print(f"text query in the warm process, embed (ViT-B-32) + search: p50 {report['text_query_p50_ms']} ms, p99 {report['text_query_p99_ms']} ms")
     return report
 
 
@@ -131,11 +160,11 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000", help="comma-separated table sizes")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--types", default="IVF_SQ,IVF_PQ", help=f"index types to compare, of {','.join(SETTINGS)}")
+    parser.add_argument("--types", default="IVF_SQ,IVF_PQ", help=f"Lance index types to compare, of {','.join(SETTINGS)} (none: '')")
     parser.add_argument("--dir", type=Path, default=None, help="where the tables go [default: a temp folder]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        reports = [measure(int(n), args.dim, args.queries, Path(folder), args.types.split(",")) for n in args.rows.split(",")]
+        reports = [measure(int(n), args.dim, args.queries, Path(folder), [t for t in args.types.split(",") if t]) for n in args.rows.split(",")]
     print(json.dumps({"benchmark": "search", "results": reports}))
 
 

@@ -18,6 +18,7 @@ from encoders.weights import RANDOM, RANDOM_SEED
 from pipelines.indexes import QueryTuning
 from pipelines.store import FRAMES, ITEMS, ItemStore
 
+FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
 FIELDS = {"image": "vector", "title": "text_vector"}  # what a query is compared with
 RRF_K = 60  # reciprocal rank fusion: 1 / (RRF_K + rank); 60 is the value of the RRF paper
@@ -69,13 +70,13 @@ class Searcher:
         # a few milliseconds of Python and schema round trips per query, as much as the search.
         self.dataset = self.table.to_lance()
         self.ann = {index.columns[0]: index for index in self.table.list_indices() if index.index_type.startswith("Ivf")}
-        # A warm process loads every partition of the ANN indexes now; otherwise each query
-        # reads the partitions it probes from disk the first time.
-        for index in self.ann.values() if prewarm else ():
-            self.dataset.prewarm_index(index.name)
         self.model = table_model(self.table)
         self.tuning = tuning
         self.columns = [c for c in RESULT_COLUMNS if c in self.table.schema.names]  # a table from before `dup_count`
+        # A warm process answers vector queries from memory (`pipelines.memory_index`): each
+        # Lance query costs milliseconds of planning and reads, whatever the table's size.
+        # Its result and filter columns too: a Lance `take` of 10 rows costs more than the search.
+        self.memory, self.rows, self.bitmaps = self._memory_indexes() if prewarm else ({}, None, None)
         self.pretrained, self.device = pretrained, device
         self._encoder: ClipEncoder | None = None
 
@@ -151,15 +152,37 @@ class Searcher:
                     best[hit["item_id"]] = {**hit, "timestamp_s": round(float(frame["timestamp_s"]), 3)}
         return sorted(best.values(), key=lambda hit: -hit["score"])[:k]
 
+    def _memory_indexes(self) -> tuple[dict, object, object]:
+        """Every vector column of the opened version in faiss, its result and filter columns in
+        an Arrow table, and the filters' bitmaps over it; all in offset order."""
+        from pipelines.memory_index import FilterBitmaps, MemoryIndex
+
+        indexes = {}
+        for column in FIELDS.values():
+            vectors = self.dataset.to_table(columns=[column])[column]
+            present = vectors.is_valid().to_numpy(zero_copy_only=False)
+            if present.any():
+                dim = vectors.type.list_size
+                values = vectors.drop_null().combine_chunks().flatten().to_numpy().reshape(-1, dim)
+                indexes[column] = MemoryIndex(np.flatnonzero(present), values)
+        # One chunk: taking 10 rows from the thousand chunks of a scan takes milliseconds.
+        rows = self.dataset.to_table(columns=list(dict.fromkeys([*self.columns, *FILTER_COLUMNS]))).combine_chunks()
+        return indexes, rows, FilterBitmaps(rows)
+
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
+        if k < 1:
+            raise SearchError(f"-k must be at least 1, not {k}")
+        if FIELDS[field] in self.memory:
+            allowed = self.bitmaps.allowed(filters)
+            offsets, scores = self.memory[FIELDS[field]].search(vector, k, allowed, self.tuning.nprobes)
+            rows = self.rows.take(offsets).select(self.columns).to_pylist()
+            return [{"score": round(float(score), 6), **row} for score, row in zip(scores, rows)]
         hits = self.dataset.to_table(nearest=self.nearest_query(vector, k, field), columns=[*self.columns, "_distance"],
                                      filter=filters.expression("arrow"), prefilter=True).to_pylist()
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
 
     def nearest_query(self, vector: np.ndarray, k: int, field: str = "image") -> dict:
         """The Lance `nearest` argument for the k nearest to `vector` under this searcher's tuning."""
-        if k < 1:
-            raise SearchError(f"-k must be at least 1, not {k}")
         column = FIELDS[field]
         query = {"column": column, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
                  "nprobes": self.tuning.nprobes, "ef": self.tuning.ef}  # ignored by an exact search

@@ -56,7 +56,7 @@ def test_product_quantised_candidates_are_re_ranked_deeper_by_default():
 
 def test_ann_search_recall_against_numpy(indexed):
     db, vectors, _ = indexed
-    searcher = Searcher(db, prewarm=True)
+    searcher = Searcher(db)  # Lance's index (a warm process searches in memory: test_memory_index.py)
     queries = embedding_like(50, DIM, sample=2)
     found = [searcher.nearest(q, 10, SearchFilters()) for q in queries]
     recall = np.mean([len(set(numbers(hits)) & set(exact_top(vectors, q, 10))) / 10 for hits, q in zip(found, queries)])

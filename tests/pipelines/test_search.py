@@ -36,6 +36,12 @@ def db(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["lance", "in-memory"])
+def searcher(request, db):
+    """A one-shot query's searcher (Lance) and a warm process's (vectors in memory): the same answers."""
+    return Searcher(db, device="cpu", prewarm=request.param)
+
+
 def brute_force(db, query: np.ndarray, k: int, keep=lambda row: True, field="vector") -> dict[str, float]:
     """The top-k item ids and cosine scores, by numpy over every row the filter keeps."""
     rows = [r for r in lancedb.connect(db).open_table(ITEMS).to_arrow().to_pylist() if r["status"] == "ok" and keep(r)]
@@ -50,8 +56,7 @@ def assert_same_results(hits: list[dict], expected: dict[str, float]) -> None:
         assert hit["item_id"] in expected or np.isclose(hit["score"], min(expected.values()), atol=1e-5)
 
 
-def test_text_search_equals_numpy_brute_force(db, micro_encoder):
-    searcher = Searcher(db, device="cpu")
+def test_text_search_equals_numpy_brute_force(db, searcher, micro_encoder):
     query = micro_encoder.encode_texts(["a ceramic cup"])[0]
     hits = searcher.by_text("a ceramic cup", k=5)
     assert_same_results(hits, brute_force(db, query, 5))
@@ -60,50 +65,49 @@ def test_text_search_equals_numpy_brute_force(db, micro_encoder):
     assert_same_results(title_hits, brute_force(db, query, 5, field="text_vector"))
 
 
-def test_filters_equal_brute_force_with_the_same_filters(db, micro_encoder):
-    searcher = Searcher(db, device="cpu")
+def test_filters_equal_brute_force_with_the_same_filters(db, searcher, micro_encoder):
     query = micro_encoder.encode_texts(["poster"])[0]
     hits = searcher.by_text("poster", k=4, filters=SearchFilters(category="posters", seller_id="s0"))
     assert_same_results(hits, brute_force(db, query, 4, lambda r: r["category"] == "posters" and r["seller_id"] == "s0"))
     assert {h["category"] for h in hits} == {"posters"}
 
 
-def test_item_search_finds_the_re_encoded_copy_first(db):
-    searcher = Searcher(db, device="cpu")
+def test_item_search_finds_the_re_encoded_copy_first(searcher):
     for n in range(len(SAMPLE_PHOTOS)):
         hits = searcher.by_item(f"p{n}", k=3)
         assert hits[0]["item_id"] == f"c{n}" and f"p{n}" not in [h["item_id"] for h in hits]
 
 
-def test_image_search(db):
-    hits = Searcher(db, device="cpu").by_image(sample_photo("chelsea.png"), k=2)
+def test_image_search(searcher):
+    hits = searcher.by_image(sample_photo("chelsea.png"), k=2)
     assert {h["item_id"] for h in hits} == {"p2", "c2"}
 
 
 @pytest.mark.parametrize("evil", ["posters' OR '1'='1", "posters\" OR 1=1 --", "x'; DROP TABLE items; --", "o'reilly books"])
-def test_injection_strings_match_nothing_extra(db, evil):
-    hits = Searcher(db, device="cpu").by_text("anything", k=20, filters=SearchFilters(category=evil))
+def test_injection_strings_match_nothing_extra(db, searcher, evil):
+    hits = searcher.by_text("anything", k=20, filters=SearchFilters(category=evil))
     assert {h["category"] for h in hits} <= {evil}
     assert len(hits) == (2 if evil == "o'reilly books" else 0)  # a real quote in a real category still works
     assert lancedb.connect(db).open_table(ITEMS).count_rows() == 13
 
 
-def test_a_max_risk_filter_passes_only_scored_items_at_or_below_it(db):
+def test_a_max_risk_filter_passes_only_scored_items_at_or_below_it(db, searcher):
     table = lancedb.connect(db).open_table(ITEMS).to_arrow().to_pylist()
     risks = {r["item_id"]: r["risk"] for r in table}
     assert risks["broken"] is None  # failed to ingest: unscored
     limit = float(np.median([r for r in risks.values() if r is not None]))
-    hits = Searcher(db, device="cpu").by_text("cup", k=20, filters=SearchFilters(max_risk=limit))
+    hits = searcher.by_text("cup", k=20, filters=SearchFilters(max_risk=limit))
     assert {h["item_id"] for h in hits} == {i for i, r in risks.items() if r is not None and r <= limit}
     assert all(h["risk"] <= limit for h in hits)
 
 
-def test_unknown_and_failed_items_are_clear_errors(db):
-    searcher = Searcher(db, device="cpu")
+def test_unknown_and_failed_items_are_clear_errors(searcher):
     with pytest.raises(SearchError, match="no such item"):
         searcher.by_item("nope' OR '1'='1")
     with pytest.raises(SearchError, match="failed to ingest"):
         searcher.by_item("broken")
+    with pytest.raises(SearchError, match="-k must be at least 1"):
+        searcher.by_text("cup", k=0)
 
 
 def test_model_mismatch_is_refused(db, tmp_path, micro_encoder):
