@@ -24,12 +24,14 @@ FILTER_CACHE = 64  # filters whose allowed rows are kept, newest last
 class MemoryIndex:
     """One vector column, keyed by row offset, searched by inner product on unit vectors (cosine)."""
 
-    def __init__(self, offsets: np.ndarray, vectors: np.ndarray):
+    def __init__(self, column):
+        """`column`: the column's Arrow values in offset order (fixed-size float lists, null for a
+        row without a vector). Added a chunk at a time: at a million rows of 512, a second 2 GB
+        array would cost seconds of page faults alone."""
         import faiss
 
-        vectors = np.array(vectors, np.float32, order="C")  # a copy: normalised in place, and Arrow's buffers are read-only
-        faiss.normalize_L2(vectors)
-        self.size, dim = vectors.shape
+        present = column.is_valid().to_numpy(zero_copy_only=False)
+        self.size, dim = int(present.sum()), column.type.list_size
         self.quantizer = faiss.IndexFlatIP(dim)  # kept: the IVF index only points at it
         if self.size < ANN_MIN_ROWS:
             self.partitions = 0
@@ -40,9 +42,15 @@ class MemoryIndex:
             self.partitions = ivf_partitions(self.size)
             self.index = faiss.IndexIVFScalarQuantizer(self.quantizer, dim, self.partitions, faiss.ScalarQuantizer.QT_fp16,
                                                        faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).choice(self.size, min(self.size, TRAINING_ROWS_PER_PARTITION * self.partitions), replace=False)
-            self.index.train(vectors[np.sort(sample)])
-        self.index.add_with_ids(vectors, offsets.astype(np.int64))
+            rows = min(self.size, TRAINING_ROWS_PER_PARTITION * self.partitions)
+            sample = np.sort(np.random.default_rng(0).choice(np.flatnonzero(present), rows, replace=False))
+            self.index.train(unit_vectors(column.take(sample).combine_chunks()))
+        first = 0
+        for chunk in column.chunks:
+            if chunk.null_count < len(chunk):
+                offsets = first + np.flatnonzero(chunk.is_valid().to_numpy(zero_copy_only=False))
+                self.index.add_with_ids(unit_vectors(chunk), offsets.astype(np.int64))
+            first += len(chunk)
 
     def search(self, query: np.ndarray, k: int, allowed: RowSet, nprobes: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, cosines) of the k nearest rows among `allowed`, nearest first."""
@@ -63,6 +71,15 @@ class MemoryIndex:
         scores, ids = self.index.search(query, k, params=params)
         found = ids[0] >= 0
         return ids[0][found], scores[0][found]
+
+
+def unit_vectors(array) -> np.ndarray:
+    """The non-null rows of an Arrow array of fixed-size float lists, as unit float32 vectors."""
+    import faiss
+
+    vectors = np.array(array.drop_null().flatten().to_numpy().reshape(-1, array.type.list_size), np.float32)
+    faiss.normalize_L2(vectors)
+    return vectors
 
 
 class RowSet:

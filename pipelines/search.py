@@ -58,7 +58,8 @@ class SearchFilters:
 
 
 class Searcher:
-    """Opens a database's `items` table once; answers many queries (a warm process)."""
+    """Opens a database's `items` table once; answers many queries. With `prewarm`, a process that
+    will answer many copies the table into memory first and answers vector queries there."""
 
     def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning(),
                  prewarm: bool = False):
@@ -159,12 +160,9 @@ class Searcher:
 
         indexes = {}
         for column in FIELDS.values():
-            vectors = self.dataset.to_table(columns=[column])[column]
-            present = vectors.is_valid().to_numpy(zero_copy_only=False)
-            if present.any():
-                dim = vectors.type.list_size
-                values = vectors.drop_null().combine_chunks().flatten().to_numpy().reshape(-1, dim)
-                indexes[column] = MemoryIndex(np.flatnonzero(present), values)
+            index = MemoryIndex(self.dataset.to_table(columns=[column])[column])
+            if index.size:
+                indexes[column] = index
         # One chunk: taking 10 rows from the thousand chunks of a scan takes milliseconds.
         rows = self.dataset.to_table(columns=list(dict.fromkeys([*self.columns, *FILTER_COLUMNS]))).combine_chunks()
         return indexes, rows, FilterBitmaps(rows)

@@ -134,8 +134,9 @@ def test_empty_table_and_missing_table(tmp_path, media_dir):
     manifest = write_manifest(media_dir / "m.csv", [{"item_id": "x", "kind": "product", "image": "missing.jpg"}])
     db = str(tmp_path / "db")
     ingest(IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
-    with pytest.raises(SearchError, match="holds no embedded item"):
-        Searcher(db).by_text("cup")
+    for prewarm in (False, True):
+        with pytest.raises(SearchError, match="holds no embedded item"):
+            Searcher(db, prewarm=prewarm).by_text("cup")
 
 
 def test_search_cli_json(db):
