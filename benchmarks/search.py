@@ -69,7 +69,7 @@ def lance_ids(searcher: Searcher, query: np.ndarray, filtered: bool) -> list[int
 
 def memory_ids(searcher: Searcher, query: np.ndarray, allowed: RowSet) -> list[int]:
     """The in-memory index alone: the offsets of the nearest rows (item i is at offset i)."""
-    return searcher.memory["vector"].search(query, K, allowed, searcher.tuning.nprobes)[0].tolist()
+    return searcher.memory.indexes["vector"].search(query, K, allowed, searcher.tuning.nprobes)[0].tolist()
 
 
 def exact_numpy(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, list[list], list[list]]:
@@ -127,7 +127,7 @@ def measure(rows: int, dim: int, queries: int, folder: Path, types: list[str]) -
     warm = Searcher(db, device="cpu", prewarm=True)  # a warm process: the vectors copied into faiss
     report["in_memory"] = {"build_s": round(time.perf_counter() - started, 2), "settings": []}
     print(f"in memory (faiss IVF, fp16): both vector columns loaded and indexed in {report['in_memory']['build_s']} s", flush=True)
-    every_row, shown_rows = RowSet(np.arange(rows), rows), warm.bitmaps.allowed(SearchFilters())
+    every_row, shown_rows = RowSet(np.ones(rows, bool)), warm.memory.bitmaps.allowed(SearchFilters(), "vector")
     for nprobes in MEMORY_NPROBES:
         warm.tuning = QueryTuning(nprobes=nprobes)
         row = {"nprobes": nprobes, **compare(f"nprobes {nprobes}", warm, lambda q: memory_ids(warm, q, every_row),

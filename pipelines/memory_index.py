@@ -5,20 +5,23 @@ opening the index, reading the ids), more than the search itself. A process that
 queries therefore copies the table version it opened into memory: each vector column into faiss
 (an IVF over fp16 vectors, with as many partitions as `shoplens index` gives Lance's index, from
 ANN_MIN_ROWS vectors; an exact inner-product scan below), keyed by the rows' offsets in that
-version, and the result and filter columns into one Arrow table (`Searcher`). The table stays the
+version, and the result and filter columns into one Arrow table (`MemorySnapshot`). The table stays the
 only store: nothing here is written anywhere, and one-shot queries (the CLI) go to Lance.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 
 import numpy as np
 
 from pipelines.indexes import ANN_MIN_ROWS, ivf_partitions
 
 TRAINING_ROWS_PER_PARTITION = 50  # faiss warns below 39
-FILTER_CACHE = 64  # filters whose allowed rows are kept, newest last
+FILTER_CACHE = 64  # (filter, column) pairs whose allowed rows are kept, least recently used first out
 
 
 class MemoryIndex:
@@ -30,8 +33,8 @@ class MemoryIndex:
         array would cost seconds of page faults alone."""
         import faiss
 
-        present = column.is_valid().to_numpy(zero_copy_only=False)
-        self.size, dim = int(present.sum()), column.type.list_size
+        self.present = column.is_valid().to_numpy(zero_copy_only=False)  # which rows have a vector
+        self.size, dim = int(self.present.sum()), column.type.list_size
         self.quantizer = faiss.IndexFlatIP(dim)  # kept: the IVF index only points at it
         if self.size < ANN_MIN_ROWS:
             self.partitions = 0
@@ -43,7 +46,7 @@ class MemoryIndex:
             self.index = faiss.IndexIVFScalarQuantizer(self.quantizer, dim, self.partitions, faiss.ScalarQuantizer.QT_fp16,
                                                        faiss.METRIC_INNER_PRODUCT)
             rows = min(self.size, TRAINING_ROWS_PER_PARTITION * self.partitions)
-            sample = np.sort(np.random.default_rng(0).choice(np.flatnonzero(present), rows, replace=False))
+            sample = np.sort(np.random.default_rng(0).choice(np.flatnonzero(self.present), rows, replace=False))
             self.index.train(unit_vectors(column.take(sample).combine_chunks()))
         first = 0
         for chunk in column.chunks:
@@ -53,23 +56,31 @@ class MemoryIndex:
             first += len(chunk)
 
     def search(self, query: np.ndarray, k: int, allowed: RowSet, nprobes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, cosines) of the k nearest rows among `allowed`, nearest first."""
+        """(offsets, cosines) of the k nearest rows among `allowed` (rows with a vector here),
+        nearest first. A zero query has no direction, so nothing is near it (as in Lance)."""
         import faiss
 
-        if allowed.count == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         query = np.array(query, np.float32, ndmin=2)
+        if allowed.count == 0 or not np.isfinite(query).all() or not query.any():
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         faiss.normalize_L2(query)
         selector = faiss.IDSelectorBitmap(len(allowed.bitmap), faiss.swig_ptr(allowed.bitmap))
-        if self.partitions:
-            # A filter that lets a share s of the rows through leaves s of each partition: probing
-            # nprobes / s partitions keeps as many candidates (a rare seller: every partition).
-            share = min(1.0, allowed.count / self.size)
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.partitions, math.ceil(nprobes / share)))
-        else:
-            params = faiss.SearchParameters(sel=selector)
-        scores, ids = self.index.search(query, k, params=params)
-        found = ids[0] >= 0
+        if not self.partitions:
+            return self._found(*self.index.search(query, k, params=faiss.SearchParameters(sel=selector)))
+        # A filter that lets a share s of the rows through leaves s of each partition: probing
+        # nprobes / s partitions keeps as many candidates (a rare seller: every partition).
+        nprobe = min(self.partitions, math.ceil(nprobes * self.size / allowed.count))
+        offsets, scores = self._found(*self.index.search(query, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)))
+        if len(offsets) < min(k, allowed.count) and nprobe < self.partitions:
+            # The allowed rows sit in partitions far from the query (a filter that follows the
+            # clusters, a large k): every partition, so k are found when k are allowed.
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.partitions)
+            offsets, scores = self._found(*self.index.search(query, k, params=params))
+        return offsets, scores
+
+    @staticmethod
+    def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = ids[0] >= 0  # faiss pads with -1 when fewer than k are found
         return ids[0][found], scores[0][found]
 
 
@@ -83,30 +94,56 @@ def unit_vectors(array) -> np.ndarray:
 
 
 class RowSet:
-    """Row offsets as faiss takes them: a little-endian bitmap, and how many are set."""
+    """Rows (a boolean mask over offsets) as faiss takes them: a little-endian bitmap, and how many are set."""
 
-    def __init__(self, offsets: np.ndarray, rows: int):
-        mask = np.zeros(rows, bool)
-        mask[offsets] = True
+    def __init__(self, mask: np.ndarray):
         self.bitmap = np.packbits(mask, bitorder="little")
-        self.count = len(offsets)
+        self.count = int(mask.sum())
 
 
 class FilterBitmaps:
-    """The rows each search filter lets through, from the filter columns of every row (in offset
-    order), evaluated once per distinct filter with the same Arrow expression a Lance scan takes."""
+    """The rows each search filter lets through that have a vector in a column, from the filter
+    columns of every row (in offset order): evaluated once per filter and column with the same
+    Arrow expression a Lance scan takes. Safe to share between threads."""
 
-    def __init__(self, columns):
+    def __init__(self, filter_table, present: dict[str, np.ndarray]):
         import pyarrow as pa
 
-        self.rows = columns.num_rows
-        self.columns = columns.append_column("_offset", pa.array(np.arange(self.rows, dtype=np.int64)))
-        self.cache: dict = {}
+        self.row_count, self.present = filter_table.num_rows, present
+        self.filter_table = filter_table.append_column("_offset", pa.array(np.arange(self.row_count, dtype=np.int64)))
+        self.cache: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
 
-    def allowed(self, filters) -> RowSet:
-        if filters not in self.cache:
-            if len(self.cache) >= FILTER_CACHE:
-                del self.cache[next(iter(self.cache))]
-            offsets = self.columns.filter(filters.expression("arrow"))["_offset"].to_numpy()
-            self.cache[filters] = RowSet(offsets, self.rows)
-        return self.cache[filters]
+    def allowed(self, filters, column: str) -> RowSet:
+        key = (filters, column)
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        mask = np.zeros(self.row_count, bool)
+        mask[self.filter_table.filter(filters.expression("arrow"))["_offset"].to_numpy()] = True
+        rows = RowSet(mask & self.present[column])
+        with self.lock:
+            self.cache[key] = rows
+            if len(self.cache) > FILTER_CACHE:
+                self.cache.popitem(last=False)
+        return rows
+
+
+class MemorySnapshot:
+    """A table version in memory: an index per vector column, the result and filter columns in
+    one Arrow table, and the filters' bitmaps over it."""
+
+    def __init__(self, vector_columns: Iterable[tuple[str, object]], rows, result_columns: list[str], filter_columns: list[str]):
+        """`vector_columns`: (name, Arrow column) pairs, read one at a time; `rows`: the result
+        and filter columns of every row, in the same offset order."""
+        self.indexes = {name: index for name, column in vector_columns if (index := MemoryIndex(column)).size}
+        self.rows = rows.combine_chunks()  # one chunk: taking 10 rows from a scan's thousand chunks takes milliseconds
+        self.result_columns = result_columns
+        self.bitmaps = FilterBitmaps(self.rows.select(filter_columns), {name: index.present for name, index in self.indexes.items()})
+
+    def nearest(self, query: np.ndarray, k: int, filters, column: str, nprobes: int) -> list[dict]:
+        """The k nearest rows to `query` in `column` that `filters` lets through, with their cosine `score`."""
+        offsets, scores = self.indexes[column].search(query, k, self.bitmaps.allowed(filters, column), nprobes)
+        rows = self.rows.take(offsets).select(self.result_columns).to_pylist()
+        return [{"score": round(float(score), 6), **row} for score, row in zip(scores, rows)]

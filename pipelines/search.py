@@ -76,8 +76,7 @@ class Searcher:
         self.columns = [c for c in RESULT_COLUMNS if c in self.table.schema.names]  # a table from before `dup_count`
         # A warm process answers vector queries from memory (`pipelines.memory_index`): each
         # Lance query costs milliseconds of planning and reads, whatever the table's size.
-        # Its result and filter columns too: a Lance `take` of 10 rows costs more than the search.
-        self.memory, self.rows, self.bitmaps = self._memory_indexes() if prewarm else ({}, None, None)
+        self.memory = self._in_memory() if prewarm else None
         self.pretrained, self.device = pretrained, device
         self._encoder: ClipEncoder | None = None
 
@@ -153,28 +152,20 @@ class Searcher:
                     best[hit["item_id"]] = {**hit, "timestamp_s": round(float(frame["timestamp_s"]), 3)}
         return sorted(best.values(), key=lambda hit: -hit["score"])[:k]
 
-    def _memory_indexes(self) -> tuple[dict, object, object]:
-        """Every vector column of the opened version in faiss, its result and filter columns in
-        an Arrow table, and the filters' bitmaps over it; all in offset order."""
-        from pipelines.memory_index import FilterBitmaps, MemoryIndex
+    def _in_memory(self):
+        """The opened version in memory: its vector columns (read one at a time), and its result
+        and filter columns (a Lance `take` of 10 rows costs more than the search)."""
+        from pipelines.memory_index import MemorySnapshot
 
-        indexes = {}
-        for column in FIELDS.values():
-            index = MemoryIndex(self.dataset.to_table(columns=[column])[column])
-            if index.size:
-                indexes[column] = index
-        # One chunk: taking 10 rows from the thousand chunks of a scan takes milliseconds.
-        rows = self.dataset.to_table(columns=list(dict.fromkeys([*self.columns, *FILTER_COLUMNS]))).combine_chunks()
-        return indexes, rows, FilterBitmaps(rows)
+        vector_columns = ((column, self.dataset.to_table(columns=[column])[column]) for column in FIELDS.values())
+        rows = self.dataset.to_table(columns=list(dict.fromkeys([*self.columns, *FILTER_COLUMNS])))
+        return MemorySnapshot(vector_columns, rows, self.columns, list(FILTER_COLUMNS))
 
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
         if k < 1:
             raise SearchError(f"-k must be at least 1, not {k}")
-        if FIELDS[field] in self.memory:
-            allowed = self.bitmaps.allowed(filters)
-            offsets, scores = self.memory[FIELDS[field]].search(vector, k, allowed, self.tuning.nprobes)
-            rows = self.rows.take(offsets).select(self.columns).to_pylist()
-            return [{"score": round(float(score), 6), **row} for score, row in zip(scores, rows)]
+        if self.memory is not None and FIELDS[field] in self.memory.indexes:
+            return self.memory.nearest(vector, k, filters, FIELDS[field], self.tuning.nprobes)
         hits = self.dataset.to_table(nearest=self.nearest_query(vector, k, field), columns=[*self.columns, "_distance"],
                                      filter=filters.expression("arrow"), prefilter=True).to_pylist()
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]

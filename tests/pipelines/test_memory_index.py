@@ -1,6 +1,6 @@
-"""A warm searcher's in-memory index (`Searcher(prewarm=True)`) against Lance's exact search and
-numpy on real LanceDB tables: the same hits with failed rows among the vectors, the same rows per
-filter as a Lance scan, and recall and rare filters under its IVF."""
+"""A warm searcher's in-memory copy (`Searcher(prewarm=True)`) against Lance's exact search and
+numpy on real LanceDB tables: the same hits with deleted and failed rows among the vectors, the
+same rows per filter as a Lance scan, and recall, rare filters and large k under its IVF."""
 
 import lancedb
 import numpy as np
@@ -18,39 +18,55 @@ FILTERS = [SearchFilters(), SearchFilters(include_blocked=True), SearchFilters(k
            SearchFilters(seller_id="s7"), SearchFilters(seller_id="nobody"), SearchFilters(category="cat1' OR '1'='1")]
 
 
-def table_with_failed_rows(db: str, rows: pa.Table, every: int):
-    """A table of `rows` in which every `every`-th row failed to ingest: status error, no vectors."""
-    return lancedb.connect(db).create_table(ITEMS, with_failed_rows(rows, every), on_bad_vectors="null")  # as the store writes them
-
-
 def with_failed_rows(rows: pa.Table, every: int) -> pa.Table:
-    """Every `every`-th row failed to ingest: status error, no vectors."""
-    failed = pa.array(np.arange(rows.num_rows) % every == 0)
-    for name in ("vector", "text_vector"):
+    """Every `every`-th row failed to ingest (status error, no vectors); every 11th ingested
+    without a title vector (status ok)."""
+    numbers = np.arange(rows.num_rows)
+    for name, gone in (("vector", numbers % every == 0), ("text_vector", (numbers % every == 0) | (numbers % 11 == 5))):
         column = rows[name]
-        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(failed, pa.nulls(rows.num_rows, column.type), column))
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(pa.array(gone), pa.nulls(rows.num_rows, column.type), column))
+    failed = pa.array(numbers % every == 0)
     return rows.set_column(rows.schema.get_field_index("status"), "status", pc.if_else(failed, "error", rows["status"]))
 
 
-def test_in_memory_hits_equal_lance_exact_search_with_failed_rows_between(tmp_db):
+def fragmented_table(db: str, vectors: np.ndarray, every: int):
+    """Two writes (two fragments), rows deleted from the first, failed rows among the rest."""
+    rows = with_failed_rows(synthetic_items(vectors, moderated=True), every)
+    half = len(vectors) // 2
+    table = lancedb.connect(db).create_table(ITEMS, rows.slice(0, half), on_bad_vectors="null")  # as the store writes them
+    table.add(rows.slice(half), on_bad_vectors="null")
+    table.delete("item_id >= 'i0000100' AND item_id < 'i0000150'")  # our own literal, not user text
+    return table
+
+
+def test_in_memory_hits_equal_lance_exact_search_with_deleted_and_failed_rows_between(tmp_db):
     vectors = embedding_like(600, DIM)
-    table_with_failed_rows(tmp_db, synthetic_items(vectors, moderated=True), every=7)
+    fragmented_table(tmp_db, vectors, every=7)
     lance, warm = Searcher(tmp_db), Searcher(tmp_db, prewarm=True)
-    assert warm.memory["vector"].size == 600 - 86  # the failed rows hold no vector
+    alive = (np.arange(600) < 100) | (np.arange(600) >= 150)
+    assert warm.memory.indexes["vector"].size == (alive & (np.arange(600) % 7 != 0)).sum()
     for query in embedding_like(5, DIM, sample=2):
         for filters in FILTERS:
             for field in ("image", "title"):
                 expected, found = lance.nearest(query, 10, filters, field), warm.nearest(query, 10, filters, field)
                 assert [h | {"score": 0} for h in found] == [h | {"score": 0} for h in expected]  # the same rows, every column
                 np.testing.assert_allclose([h["score"] for h in found], [h["score"] for h in expected], atol=1e-5)
-                assert all(int(h["item_id"][1:]) % 7 for h in found)
+                assert all(int(h["item_id"][1:]) % 7 and not 100 <= int(h["item_id"][1:]) < 150 for h in found)
+    # A zero vector has no direction: nothing is near it, on either path.
+    assert warm.nearest(np.zeros(DIM), 10, SearchFilters()) == lance.nearest(np.zeros(DIM), 10, SearchFilters()) == []
 
 
 def test_filter_bitmaps_hold_the_rows_a_lance_scan_keeps(tmp_db):
-    table_with_failed_rows(tmp_db, synthetic_items(embedding_like(600, DIM), moderated=True), every=5)
+    fragmented_table(tmp_db, embedding_like(600, DIM), every=5)
     warm = Searcher(tmp_db, prewarm=True)
+    item_ids = np.array(warm.memory.rows["item_id"].to_pylist())
     for filters in [*FILTERS, SearchFilters(max_risk=0.5)]:
-        assert warm.bitmaps.allowed(filters).count == warm.dataset.count_rows(filter=filters.expression("arrow"))
+        for column in ("vector", "text_vector"):
+            allowed = warm.memory.bitmaps.allowed(filters, column)
+            found = set(item_ids[np.unpackbits(allowed.bitmap, bitorder="little")[: len(item_ids)].astype(bool)])
+            kept = warm.dataset.to_table(columns=["item_id", column], filter=filters.expression("arrow"))
+            assert found == set(kept.filter(pc.is_valid(kept[column]))["item_id"].to_pylist())
+            assert allowed.count == len(found)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +80,9 @@ def ivf(tmp_path_factory):
 
 def test_ivf_recall_against_numpy_with_near_exact_scores(ivf):
     vectors, warm = ivf
-    assert warm.memory["vector"].partitions > 1
+    assert warm.memory.indexes["vector"].partitions > 1
     queries = embedding_like(50, DIM, sample=2)
-    shown = np.array([d != "block" for d in warm.rows["decision"].to_pylist()])
+    shown = np.array([d != "block" for d in warm.memory.rows["decision"].to_pylist()])
     found, truth = [], []
     for query in queries:
         hits = warm.nearest(query, 10, SearchFilters())
@@ -88,3 +104,11 @@ def test_a_rare_filter_scans_every_partition_for_its_rows(ivf, monkeypatch):
     keep = (n % 3 == 1) & (n % 20 == 3)  # synthetic_items: kinds cycle by 3, categories by 20
     assert keep.sum() == 83 and {(h["kind"], h["category"]) for h in hits} == {("video", "cat3")}
     assert {int(h["item_id"][1:]) for h in hits} == set(np.argsort(-np.where(keep, vectors @ query, -np.inf))[:10].tolist())
+
+
+def test_k_hits_come_back_when_k_rows_are_allowed(ivf, monkeypatch):
+    vectors, warm = ivf
+    # A third of the rows, probed in 3 of 19 partitions: about 800 candidates for k = 1,000.
+    monkeypatch.setattr(warm, "tuning", QueryTuning(nprobes=1))
+    hits = warm.nearest(embedding_like(1, DIM, sample=4)[0], 1000, SearchFilters(kind="video", include_blocked=True))
+    assert len(hits) == 1000 and {h["kind"] for h in hits} == {"video"}
