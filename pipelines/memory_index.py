@@ -50,8 +50,8 @@ class MemoryIndex:
             self.index.train(unit_vectors(column.take(sample).combine_chunks()))
         first = 0
         for chunk in column.chunks:
-            if chunk.null_count < len(chunk):
-                offsets = first + np.flatnonzero(chunk.is_valid().to_numpy(zero_copy_only=False))
+            offsets = first + np.flatnonzero(self.present[first : first + len(chunk)])
+            if len(offsets):
                 self.index.add_with_ids(unit_vectors(chunk), offsets.astype(np.int64))
             first += len(chunk)
 
