@@ -116,7 +116,7 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto") -> dic
     table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)
     scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads,
                           stored_pixel_scores=True)
-    pending = PendingWrites(store, table, frames, FETCH_ROWS)
+    pending = PendingWrites(store, table, frames, FETCH_ROWS, policy.names)
     counts: dict[str, int] = {}
     for batch in table.to_lance().to_batches(batch_size=FETCH_ROWS):
         items = batch.to_pylist()

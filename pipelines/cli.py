@@ -91,6 +91,7 @@ def search(
     seller: str = typer.Option(None, help="Only this seller_id."),
     max_risk: float = typer.Option(None, help="Only items scored at or below this risk (unscored items never pass)."),
     include_blocked: bool = typer.Option(False, help="Also return items the policy blocked."),
+    include_unscored: bool = typer.Option(False, help="Also return items no safety signal could score (for moderators)."),
     field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
     hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
     nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
@@ -114,7 +115,10 @@ def search(
         _usage("--hybrid goes with --text")
     if nprobes < 1 or (refine_factor is not None and refine_factor < 0):
         _usage("--nprobes must be at least 1 and --refine-factor at least 0")
-    filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked)
+    if max_risk is not None and not 0 <= max_risk <= 1:
+        _usage(f"--max-risk must be in [0, 1], not {max_risk}")
+    filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked,
+                                include_unscored=include_unscored)
 
     def job() -> dict:
         searcher = Searcher(db, pretrained=pretrained, device=device, tuning=QueryTuning(nprobes, refine_factor))

@@ -24,7 +24,7 @@ from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
 from pipelines.store import ItemStore, PendingWrites
 from safety.hashbank import HashBank
-from safety.policy import Policy
+from safety.policy import Policy, PolicyError
 from safety.stage import EmbedAndScore
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         source = resolving.result()
     store = ItemStore(config.db)
     policy, heads = store.policy(config.policy)
+    if heads is not None and heads.model != source.provenance:
+        raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {source.provenance}")
+    if config.policy is not None:
+        store.remember_policy(policy, heads)
     table = store.items(source.embed_dim, policy.names)
     frames_table = store.frames(source.embed_dim, policy.names)
     bank = store.hash_bank()
@@ -112,7 +116,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
     rows = store.mark_unchanged(table, manifest.rows, source.provenance)
-    pending = PendingWrites(store, table, frames_table, config.write_batch_rows)
+    pending = PendingWrites(store, table, frames_table, config.write_batch_rows, policy.names)
     last_write = time.monotonic()
     for batch in _scored_batches(rows, source, config, policy, heads, bank):
         write = _tally(batch, summary)

@@ -174,6 +174,10 @@ def _remote_key(ref: str, root: str) -> str:
     base = urlparse(root)
     prefix = base.path.rstrip("/")
     key = posixpath.normpath(posixpath.join(prefix + "/", ref))
-    if urlparse(ref).scheme or ref.startswith("/") or not key.startswith(prefix + "/"):
+    uri = f"{base.scheme}://{base.netloc}{key}"
+    # Checked as the reader will parse it: `?` and `#` would cut the key short (`..?/x` reads `..`).
+    read_back = urlparse(uri)
+    if (urlparse(ref).scheme or ref.startswith("/") or read_back.query or read_back.fragment or read_back.path != key
+            or not key.startswith(prefix + "/")):
         raise ManifestError(f"path {ref!r} is not a relative path inside the remote media root {root}")
-    return f"{base.scheme}://{base.netloc}{key}"
+    return uri

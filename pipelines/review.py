@@ -18,13 +18,17 @@ from encoders.decode import MAX_VIDEO_BYTES
 from encoders.media import ImageLimits, MediaError, load_image, local_copy, read_media
 from encoders.video import frame_at
 from pipelines.store import ITEMS, LABELS, ItemStore
-from safety.policy import BLOCK, REVIEW
+from safety.policy import BLOCK, REVIEW, UNSCORED
 from safety.review import ReviewFormatError, labeling_config, labels_from_csv, labels_from_label_studio, task
 
 EVIDENCE_SIDE = 512
 FETCH_ROWS = 512  # queued items read (and written out) at a time: memory does not grow with the queue
 ITEM_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "decision", "risk", "evidence_timestamp_s",
                "hash_match", "model", "safety_version")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@")  # and tab and carriage return, removed with the other control characters
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ReviewError(ValueError):
@@ -36,8 +40,9 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     """Writes the review queue to `out`: `tasks.json` (Label Studio), `labeling_config.xml`,
     `review.parquet`, `review.csv`, `summary.json` and `evidence/`. Priority: highest `risk`
     first, then `item_id`; blocked items (with `include_blocked`) come in the same order."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from lancedb.expr import col
+    from lancedb.expr import col, lit
 
     started = time.perf_counter()
     store = ItemStore(db)
@@ -48,16 +53,20 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     if unknown:
         raise ReviewError(f"--categories {sorted(unknown)} are not policy categories ({', '.join(names)})")
     review_at = dict(zip(policy.names, policy.review_thresholds.tolist()))
-    decisions = [REVIEW, BLOCK] if include_blocked else [REVIEW]
+    # Ingested items no signal could score are queued: they are not served, and nobody else sees them.
+    decisions = [REVIEW, UNSCORED, BLOCK] if include_blocked else [REVIEW, UNSCORED]
 
     # The queue's order needs only ids and risks; whole rows are read a chunk at a time.
-    keys = table.search().where(col("decision").isin(decisions)).select(["item_id", "risk", *(f"risk_{c}" for c in names)]).limit(None).to_arrow()
+    where = col("decision").isin(decisions) & (col("status") == lit("ok"))
+    keys = table.search().where(where).select(["item_id", "risk", *(f"risk_{c}" for c in names)]).limit(None).to_arrow()
     if categories:
         wanted = np.zeros(keys.num_rows, bool)
         for c in categories:
             wanted |= np.nan_to_num(keys[f"risk_{c}"].to_numpy(zero_copy_only=False).astype(float), nan=-1) >= review_at[c]
         keys = keys.filter(pa.array(wanted))
-    keys = keys.sort_by([("risk", "descending"), ("item_id", "ascending")])
+    # Unscored items (null risk) first: nothing is known about them.
+    ranked = pc.sort_indices(keys, [("risk", "descending"), ("item_id", "ascending")], null_placement="at_start")
+    keys = keys.take(ranked)
     order = keys["item_id"].to_pylist()[:limit]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +74,7 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     (out / "labeling_config.xml").write_text(labeling_config(policy.names))
     columns = ["priority", *ITEM_FIELDS, *(f"risk_{c}" for c in names), "evidence", "evidence_error"]
     schema = pa.schema([(c, pa.int64() if c == "priority" else pa.float64() if c.startswith("risk") or c == "evidence_timestamp_s" else pa.string()) for c in columns])
-    counts = {"queued": len(order), REVIEW: 0, BLOCK: 0, "evidence_failed": 0}
+    counts = {"queued": len(order), REVIEW: 0, UNSCORED: 0, BLOCK: 0, "evidence_failed": 0}
     versions, errors = set(), []
     with (out / "tasks.json").open("w") as tasks, (out / "review.csv").open("w", newline="") as flat_csv, \
             pq.ParquetWriter(out / "review.parquet", schema) as flat_parquet:
@@ -91,7 +100,7 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
                     entry["data"]["details"] += f" (evidence unavailable: {error})"
                 tasks.write(("\n" if priority == 1 else ",\n") + json.dumps(entry))
                 rows.append({"priority": priority, **{c: item.get(c) for c in columns if c in item}, "evidence": evidence, "evidence_error": error})
-            writer.writerows(rows)
+            writer.writerows([{c: spreadsheet_safe(v) for c, v in row.items()} for row in rows])
             flat_parquet.write_table(pa.Table.from_pylist(rows, schema=schema))
         tasks.write("\n]\n")
     summary = {
@@ -102,6 +111,15 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text (OWASP, CSV injection): control characters removed,
+    then a leading `=`, `+`, `-` or `@` quoted with `'`."""
+    if not isinstance(value, str):
+        return value
+    value = CONTROL_CHARACTERS.sub("", value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:

@@ -17,6 +17,7 @@ from encoders.media import ImageLimits, MediaError, decode_image, read_media
 from encoders.weights import RANDOM, RANDOM_SEED
 from pipelines.indexes import QueryTuning
 from pipelines.store import FRAMES, ITEMS, ItemStore
+from safety.policy import BLOCK, UNSCORED
 
 FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
@@ -35,6 +36,11 @@ class SearchFilters:
     seller_id: str | None = None
     max_risk: float | None = None  # unscored items (null risk) never pass: unscored is not safe
     include_blocked: bool = False
+    include_unscored: bool = False  # for moderators: items no signal could score are hidden by default
+
+    def __post_init__(self):
+        if self.max_risk is not None and not (isinstance(self.max_risk, (int, float)) and 0 <= self.max_risk <= 1):
+            raise SearchError(f"--max-risk must be a number in [0, 1], not {self.max_risk!r}")
 
     def expression(self, dialect: str = "lancedb"):
         """The filter as a typed expression, never SQL text: LanceDB's (`lancedb`) or Arrow's
@@ -51,10 +57,26 @@ class SearchFilters:
             if getattr(self, name) is not None:
                 where = where & (col(name) == lit(getattr(self, name)))
         if self.max_risk is not None:
-            where = where & (col("risk") <= lit(float(self.max_risk)))
-        if not self.include_blocked:
-            where = where & (col("decision") != lit("block"))
+            # Compared as float32, the column's own type: a float64 literal is refused by Substrait,
+            # and 0.3 as float32 is the value a stored risk of 0.3 holds.
+            where = where & (col("risk") <= _float32(dialect, self.max_risk))
+        hidden = [d for d, shown in ((BLOCK, self.include_blocked), (UNSCORED, self.include_unscored)) if not shown]
+        for decision in hidden:  # a null decision is hidden too: SQL's null rules
+            where = where & (col("decision") != lit(decision))
         return where
+
+
+def _float32(dialect: str, value: float):
+    """`value` as a float32 literal of either dialect."""
+    import pyarrow as pa
+
+    if dialect == "arrow":
+        import pyarrow.compute as pc
+
+        return pc.scalar(pa.scalar(float(value), pa.float32()))
+    from lancedb.expr import lit
+
+    return lit(float(value)).cast(pa.float32())
 
 
 class Searcher:

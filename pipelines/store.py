@@ -51,13 +51,29 @@ SAFETY_FIELDS = (
 )
 
 
+# Lance's unenforced primary key: a `merge_insert` on exactly these columns records the keys it
+# inserts, and two writers inserting the same key conflict (the later one retries as an update)
+# instead of both adding a row.
+PRIMARY_KEY = "lance-schema:unenforced-primary-key"
+KEYS = {ITEMS: ("item_id",), FRAMES: ("item_id", "frame_index"), HASH_BANK: ("entry_id",), LABELS: ("item_id", "category")}
+
+
+def keyed(schema: pa.Schema, name: str) -> pa.Schema:
+    """`schema` with table `name`'s key columns marked as its primary key (and not nullable)."""
+    for column in KEYS[name]:
+        i = schema.get_field_index(column)
+        field = schema.field(i)
+        schema = schema.set(i, field.with_nullable(False).with_metadata({**(field.metadata or {}), PRIMARY_KEY.encode(): b"true"}))
+    return schema
+
+
 def risk_fields(categories: list[str]) -> list[pa.Field]:
     return [pa.field(f"risk_{c}", pa.float32()) for c in categories]
 
 
 def items_schema(dim: int, categories: list[str]) -> pa.Schema:
     vector = pa.list_(pa.float32(), dim)
-    return pa.schema(
+    return keyed(pa.schema(
         [pa.field("item_id", pa.string(), nullable=False)]
         + [pa.field(name, pa.string()) for name in METADATA_FIELDS[1:]]
         + [
@@ -73,11 +89,11 @@ def items_schema(dim: int, categories: list[str]) -> pa.Schema:
         ]
         + risk_fields(categories)
         + list(SAFETY_FIELDS)
-    )
+    ), ITEMS)
 
 
 def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
-    return pa.schema(
+    return keyed(pa.schema(
         [
             pa.field("item_id", pa.string(), nullable=False),
             pa.field("frame_index", pa.int64(), nullable=False),
@@ -91,7 +107,7 @@ def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
         ]
         + risk_fields(categories)
         + [pa.field("risk", pa.float32())]
-    )
+    ), FRAMES)
 
 
 def storage_options(uri: str) -> dict[str, str]:
@@ -143,8 +159,9 @@ class ItemStore:
 
     def _table(self, name: str, schema: pa.Schema):
         table = self.existing(name)
-        if table is None:
-            return self.db.create_table(name, schema=schema)
+        if table is None:  # another job may be creating it at the same moment: then that one is opened
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        table = self._with_primary_key(table, name)
         stored, wanted = table.schema.field("vector").type, schema.field("vector").type
         if stored != wanted:
             raise StoreError(
@@ -157,6 +174,20 @@ class ItemStore:
         if missing:
             table.add_columns(missing)
         return table
+
+    def _with_primary_key(self, table, name: str):
+        """`table`, its key marked as Lance's primary key if a version before that left it unmarked.
+        A key, once marked, cannot change: all its columns are marked in one step."""
+        unmarked = [c for c in KEYS[name] if PRIMARY_KEY.encode() not in (table.schema.field(c).metadata or {})]
+        if not unmarked:
+            return table
+        if len(unmarked) < len(KEYS[name]):
+            raise StoreError(f"{self.uri}: table {name!r} has a primary key other than {KEYS[name]}")
+        nullable = [c for c in KEYS[name] if table.schema.field(c).nullable]
+        if nullable:  # a table made from data (older labels and banks): its keys hold no null
+            table.alter_columns(*({"path": c, "nullable": False} for c in nullable))
+        table.to_lance().update_field_metadata({c: {PRIMARY_KEY: "true"} for c in KEYS[name]})
+        return self.db.open_table(name)
 
     def hash_bank(self):
         """The bank of known violating media's PDQ hashes (empty when none was added)."""
@@ -179,9 +210,10 @@ class ItemStore:
     def _create_or_upsert(self, name: str, rows: pa.Table, keys: list[str]) -> None:
         table = self.existing(name)
         if table is None:
-            self.db.create_table(name, data=rows)
-        else:
-            table.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            table = self.db.create_table(name, schema=keyed(rows.schema, name), exist_ok=True)
+        table = self._with_primary_key(table, name)
+        rows = rows.cast(keyed(rows.schema, name))
+        table.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
     def save_policy(self, policy, heads, report: dict) -> None:
         """Stores a (calibrated) policy version with its heads; the newest is the database's policy."""
@@ -198,17 +230,47 @@ class ItemStore:
             table.add(row)
 
     def policy(self, path=None):
-        """(policy, heads) to score with: the file at `path`; else the newest policy stored in
-        the database (by `shoplens safety calibrate`), with its heads; else the shipped one."""
+        """(policy, heads) to score with: the file at `path`, with the heads file it names (read
+        and checked here: a bad one is a PolicyError before any job starts); else the newest
+        policy stored in the database (by an ingest or rescore given a file, or by `shoplens
+        safety calibrate`), with its heads; else the shipped one."""
         from safety.heads import EmbeddingHeads
-        from safety.policy import load_policy, parse_policy
+        from safety.policy import PolicyError, load_policy, parse_policy
 
-        table = None if path else self.existing(POLICIES)
+        newest = self._newest_policy()
+        if path is None and newest is not None:
+            heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
+            return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
+        policy = load_policy(path)
+        if policy.heads is None:
+            return policy, None
+        try:
+            heads = EmbeddingHeads.load(policy.heads_path())
+        except (OSError, ValueError) as e:
+            raise PolicyError(f"policy {policy.source}: heads {policy.heads_path()}: {e}") from None
+        unknown = set(heads.categories) - set(policy.names)
+        if unknown:
+            raise PolicyError(f"policy {policy.source}: its heads score categories it does not have: {sorted(unknown)}")
+        return policy, heads
+
+    def remember_policy(self, policy, heads) -> bool:
+        """Stores the policy a job was given, unless it is already the database's newest: later
+        commands then read the database with the policy that built it. Returns whether it stored."""
+        from safety.policy import policy_yaml
+
+        newest = self._newest_policy()
+        stored_heads = heads.to_bytes() if heads else None
+        if newest is not None and newest["policy"] == policy_yaml(policy) and newest["heads"] == stored_heads:
+            return False
+        self.save_policy(policy, heads, {"command": "policy given to a job", "source": policy.source})
+        return True
+
+    def _newest_policy(self) -> dict | None:
+        table = self.existing(POLICIES)
         if table is None or table.count_rows() == 0:
-            return load_policy(path), None
-        newest = table.search().select(["version", "created_at", "policy", "heads"]).limit(None).to_arrow().sort_by([("created_at", "descending")]).slice(0, 1).to_pylist()[0]
-        heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
-        return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
+            return None
+        rows = table.search().select(["version", "created_at", "policy", "heads"]).limit(None).to_arrow()
+        return rows.sort_by([("created_at", "descending")]).slice(0, 1).to_pylist()[0]
 
     def mark_unchanged(self, table, manifest: pa.Table, model: str, scan_rows: int = 65_536) -> pa.Table:
         """Adds what earlier runs stored to the manifest rows, as three columns:
@@ -246,13 +308,13 @@ class ItemStore:
                 table.merge_insert("item_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(rows, on_bad_vectors="null")
+                .execute(rows.cast(keyed(rows.schema, ITEMS)), on_bad_vectors="null")
             )
 
     def update_columns(self, table, rows: pa.Table) -> None:
         """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit."""
         if rows.num_rows:
-            table.merge_insert("item_id").when_matched_update_all().execute(rows)
+            table.merge_insert("item_id").when_matched_update_all().execute(rows.cast(keyed(rows.schema, ITEMS)))
 
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
@@ -268,14 +330,16 @@ class ItemStore:
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(of_these)
-            .execute(rows)
+            .execute(rows.cast(keyed(rows.schema, FRAMES)))
         )
 
 
-def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
-    """One row per sampled frame of each embedded video or live segment, with its risks."""
+def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[str]) -> pa.Table:
+    """One row per sampled frame of each embedded video or live segment, with its risks:
+    `frame_risks` [F, C] are in the order of `categories` (the scoring policy's), and go to their
+    columns by name; a column of a category the policy does not have is null."""
     dim = schema.field("vector").type.list_size
-    risk_names = [name for name in schema.names if name.startswith("risk_")]
+    risk_names = [f"risk_{c}" for c in categories]
     columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "pdq_quality": [], "hash_match": [],
                "signal_scores": []}
     vectors, risks = [], []
@@ -295,14 +359,17 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     vectors = np.concatenate(vectors) if n else np.zeros((0, dim), np.float32)
     risks = np.concatenate(risks) if n else np.zeros((0, len(risk_names)), np.float32)
     columns |= {name: _floats(risks[:, k]) for k, name in enumerate(risk_names)}
+    columns |= {f.name: pa.nulls(n, f.type) for f in schema if f.name.startswith("risk_") and f.name not in columns}
     with np.errstate(invalid="ignore"):
         columns["risk"] = _floats(risks.max(axis=1) if risk_names else np.full(n, np.nan))
     return pa.table({**columns, "vector": _vectors(vectors, np.ones(n, bool), dim)}, schema=schema)
 
 
-def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
+def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[str] | None = None) -> pa.Table:
     """Embedded and scored rows (the model stage's output batch) as `items` rows: vectors null
-    unless embedded, safety columns as the scorer left them (null and `unscored` without it)."""
+    unless embedded, safety columns as the scorer left them (null and `unscored` without it).
+    `risk_<c>` of a category not in `categories` (the scoring policy's) is null, whatever the
+    batch carries: a rescored row keeps no risk its policy no longer has."""
     ok = np.asarray(batch["status"] == OK)
     titled = ok & np.array([text_or_none(t) is not None for t in batch["title"]], dtype=bool)
     n = len(ok)
@@ -317,9 +384,11 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
         columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
         columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
     safety_names = {f.name for f in SAFETY_FIELDS}
+    current = None if categories is None else {f"risk_{c}" for c in categories}
     for field in schema:
         if field.name.startswith("risk") or field.name in safety_names:
-            values = batch.get(field.name)
+            stale = current is not None and field.name.startswith("risk_") and field.name not in safety_names | current
+            values = None if stale else batch.get(field.name)
             columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
     if "decision" not in batch:
         columns["decision"] = pa.array([UNSCORED] * n, pa.string())
@@ -364,15 +433,16 @@ def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
 class PendingWrites:
     """Rows waiting for the one writer, committed in batches of at most `commit_rows` items."""
 
-    def __init__(self, store: ItemStore, items, frames, commit_rows: int):
+    def __init__(self, store: ItemStore, items, frames, commit_rows: int, categories: list[str]):
         self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
+        self.categories = list(categories)  # the scoring policy's, in the order of its `frame_risks`
         self.item_rows: list[pa.Table] = []
         self.frame_rows: list[pa.Table] = []
         self.rows = 0
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
-        self.item_rows.append(item_rows(batch, self.items.schema))
-        self.frame_rows.append(frame_rows(batch, self.frames.schema))
+        self.item_rows.append(item_rows(batch, self.items.schema, self.categories))
+        self.frame_rows.append(frame_rows(batch, self.frames.schema, self.categories))
         self.rows += len(batch["item_id"])
 
     def flush(self) -> int:

@@ -47,7 +47,7 @@ def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None,
                     categories: int = 20, sellers: int = 100, first: int = 0, moderated: bool = False) -> pa.Table:
     """`items` rows (the project's schema) for the given vectors: item ids `i{n:07d}`, kinds,
     categories `cat{n}` and sellers `s{n}` cycling through the rows, titles naming them; every
-    decision `unscored`, or with `moderated` those of `mixed_decisions`."""
+    item scored and allowed (`risk` 0.05), or with `moderated` the decisions of `mixed_decisions`."""
     n, dim = vectors.shape
     numbers = np.arange(first, first + n)
     flat = lambda v: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v, np.float32).reshape(-1)), dim)  # noqa: E731
@@ -62,8 +62,10 @@ def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None,
         "text_vector": flat(vectors if text_vectors is None else text_vectors),
         "model": [model] * n,
         "updated_at": [dt.datetime.now(dt.timezone.utc)] * n,
-        "decision": mixed_decisions(numbers) if moderated else [UNSCORED] * n,
+        "decision": mixed_decisions(numbers) if moderated else ["allow"] * n,
     }
+    if not moderated:
+        columns["risk"] = pa.array(np.full(n, 0.05, np.float32))
     schema = items_schema(dim, load_policy().names)
     return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 

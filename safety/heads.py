@@ -30,8 +30,17 @@ class EmbeddingHeads:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EmbeddingHeads:
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            return cls([str(c) for c in f["categories"]], f["weights"], f["bias"], str(f["model"]))
+        """Heads from `to_bytes`' format; ValueError for anything else (never a pickle)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                heads = cls([str(c) for c in f["categories"]], f["weights"].astype(np.float64), f["bias"].astype(np.float64),
+                            str(f["model"]))
+        except Exception as e:  # not an npz, a missing array, an object array...
+            raise ValueError(f"not a heads file written by `shoplens safety calibrate`: {type(e).__name__}: {e}") from None
+        count = len(heads.categories)
+        if heads.weights.ndim != 2 or heads.weights.shape[0] != count or heads.bias.shape != (count,):
+            raise ValueError(f"heads file is inconsistent: {count} categories, weights {heads.weights.shape}, bias {heads.bias.shape}")
+        return heads
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.to_bytes())

@@ -133,12 +133,14 @@ class Policy(_Strict):
     def decide(self, risks: np.ndarray, scored: np.ndarray, hash_matched: np.ndarray) -> np.ndarray:
         """Decisions for items with category risks [N, C]: `block` when any category reaches its
         block threshold or the item matches the hash bank, `review` when any reaches its review
-        threshold, `allow` otherwise; `unscored` for every item not `scored`, whatever its risks."""
+        threshold, `allow` otherwise; `unscored` for every item not `scored`, whatever its risks,
+        unless it matches the hash bank: a known-violating item is blocked whatever else failed."""
         decisions = np.full(len(risks), ALLOW, dtype=object)
         with np.errstate(invalid="ignore"):  # NaN risks of unscored rows compare False
             decisions[(risks >= self.review_thresholds).any(axis=1)] = REVIEW
-            decisions[(risks >= self.block_thresholds).any(axis=1) | hash_matched] = BLOCK
+            decisions[(risks >= self.block_thresholds).any(axis=1)] = BLOCK
         decisions[~scored] = UNSCORED
+        decisions[np.asarray(hash_matched, bool)] = BLOCK
         return decisions
 
 

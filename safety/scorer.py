@@ -199,7 +199,8 @@ class SafetyScorer:
             scored[item] = False
         scored &= np.isfinite(item_risks).all(axis=1)  # every category got a score from some signal
         item_risks[~scored] = np.nan
-        decisions = self.policy.decide(item_risks, scored, np.array([m is not None for m in hash_match]) & scored)
+        # A bank match blocks whatever else failed: a known-violating item is never `unscored`.
+        decisions = self.policy.decide(item_risks, scored, np.array([m is not None for m in hash_match], bool))
         safety_error = np.full(n, None, dtype=object)
         for i in ok[~scored[ok]]:
             safety_error[i] = failed.get(int(i), "no safety signal scored every category")
@@ -214,7 +215,7 @@ class SafetyScorer:
             "evidence_timestamp_s": evidence,
             "risk_topk_mean": np.where(scored, topk_mean, np.nan).astype(np.float32),
             "frames_over_review": np.where(scored, over_review, -1).astype(np.int32),
-            "hash_match": np.where(scored, hash_match, None),
+            "hash_match": hash_match,
         }
 
 
