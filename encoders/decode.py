@@ -28,9 +28,11 @@ class MediaDecoder:
 
     def __init__(
         self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits(),
-        fingerprint: bool = False, defer_jpegs: bool = False,
+        fingerprint: bool = False, defer_jpegs: bool = False, media_root: str | None = None,
     ):
         self.size = image_size
+        # Local media are opened inside this folder only, checked again at open time (encoders.media).
+        self.media_root = None if media_root is None or "://" in media_root else media_root
         self.fingerprint = fingerprint
         # JPEGs the embedding device can decode are left to it (encoders.device_decode), which
         # also fingerprints them: this stage then only reads, hashes and checks headers.
@@ -77,7 +79,7 @@ class MediaDecoder:
     def _decode_row(self, batch, i: int, out: dict) -> tuple | None:
         uri, known = batch["media_uri"][i], text_or_none(batch["known_sha256"][i])
         if batch["kind"][i] == "product":
-            data = read_media(uri, self.image_limits.max_bytes)
+            data = read_media(uri, self.image_limits.max_bytes, self.media_root)
             out["media_sha256"][i] = hashlib.sha256(data).hexdigest()
             if out["media_sha256"][i] == known:
                 out["status"][i] = SKIPPED
@@ -89,7 +91,7 @@ class MediaDecoder:
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
             pixels, (hashed, quality) = decode_on_cpu(data, self.size, self.image_limits, self.fingerprint)
             return pixels[None], [0], [0.0], [hashed], [quality]
-        with local_copy(uri, MAX_VIDEO_BYTES) as (path, sha256):
+        with local_copy(uri, MAX_VIDEO_BYTES, self.media_root) as (path, sha256):
             out["media_sha256"][i] = sha256
             if sha256 == known:
                 out["status"][i] = SKIPPED

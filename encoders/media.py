@@ -7,12 +7,15 @@ Every check that can refuse an image runs before its pixels are decoded: byte si
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,19 +44,22 @@ class ImageLimits:
     max_pixels: int = 80_000_000  # a 10,000 x 8,000 photo; Pillow's own bomb limit is ~89 MP
 
 
-def read_media(uri: str, max_bytes: int) -> bytes:
-    """Reads a local path, `file://`, `s3://` or `gs://` URI, refusing files over `max_bytes`."""
-    with _opened(uri, max_bytes) as f:
+def read_media(uri: str, max_bytes: int, root: str | None = None) -> bytes:
+    """Reads a local path, `file://`, `s3://` or `gs://` URI, refusing files over `max_bytes`;
+    a local path is opened as `_open_local` says."""
+    with _opened(uri, max_bytes, root) as f:
         return f.read()
 
 
 @contextlib.contextmanager
-def local_copy(uri: str, max_bytes: int):
+def local_copy(uri: str, max_bytes: int, root: str | None = None):
     """Yields (local path, sha256) for a media file that a decoder must open by path (videos):
-    local files are hashed in place, remote ones copied to a temporary file while hashed."""
+    local files are hashed in place and handed over as the file already open (`/proc/self/fd/N`
+    on Linux: a path swapped after the check is not followed), remote ones copied to a temporary
+    file while hashed."""
     digest = hashlib.sha256()
     with contextlib.ExitStack() as cleanup:
-        source = cleanup.enter_context(_opened(uri, max_bytes))
+        source = cleanup.enter_context(_opened(uri, max_bytes, root))
         copy = cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=os.path.splitext(uri)[1])) if "://" in uri else None
         while chunk := source.read(1 << 20):  # read errors become MediaError in `_opened`
             digest.update(chunk)
@@ -61,11 +67,14 @@ def local_copy(uri: str, max_bytes: int):
                 copy.write(chunk)
         if copy:
             copy.flush()
-        yield (copy.name if copy else uri), digest.hexdigest()
+            yield copy.name, digest.hexdigest()
+        else:
+            opened = f"/proc/self/fd/{source.fileno()}"
+            yield (opened if os.path.exists(opened) else uri), digest.hexdigest()
 
 
 @contextlib.contextmanager
-def _opened(uri: str, max_bytes: int):
+def _opened(uri: str, max_bytes: int, root: str | None = None):
     """A readable file for a local path or remote URI, once its size is known to be allowed."""
     try:
         if "://" in uri:
@@ -74,7 +83,9 @@ def _opened(uri: str, max_bytes: int):
             filesystem, path = filesystem_for(uri)
             size, f = filesystem.get_file_info(path).size, filesystem.open_input_stream(path)
         else:
-            size, f = os.path.getsize(uri), open(uri, "rb")
+            size, f = _open_local(uri, root)
+    except MediaError:
+        raise
     except (OSError, ValueError) as e:
         raise MediaError(f"cannot read {uri}: {e}") from e
     with f:
@@ -83,6 +94,40 @@ def _opened(uri: str, max_bytes: int):
             yield f
         except OSError as e:  # a read that failed half-way
             raise MediaError(f"cannot read {uri}: {e}") from e
+
+
+def _open_local(path: str, root: str | None) -> tuple[int, io.BufferedReader]:
+    """(size, file) of a regular local file; anything else (a FIFO, a device, a folder) is a
+    MediaError, never a read that blocks. With `root` (a manifest's media root, the path checked
+    when the manifest was read), the last component is not followed if it is a link, and the
+    file actually opened must lie inside `root`: a link swapped in after the check is refused."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_NOFOLLOW", 0) if root else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MediaError(f"{path} is a symbolic link: media under the media root are opened without following links") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MediaError(f"{path} is not a regular file (a {_file_type(info.st_mode)}): only files are read")
+        if root is not None:
+            opened = f"/proc/self/fd/{fd}"
+            real = os.readlink(opened) if os.path.exists(opened) else os.path.realpath(path)
+            if not Path(real).is_relative_to(Path(root)):
+                raise MediaError(f"{path} now leads to {real}, outside the media root {root}")
+        os.set_blocking(fd, True)
+        return info.st_size, os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_type(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _check_size(size: int | None, max_bytes: int) -> None:

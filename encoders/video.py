@@ -18,6 +18,22 @@ import numpy as np
 from encoders.media import MediaError
 
 DEFAULT_SAMPLING = "uniform:8"
+# The FFmpeg inside OpenCV follows playlists (HLS, concat, ...) to any file or URL they name: only
+# self-contained containers are opened, recognised by their first bytes, and FFmpeg may use no
+# other demuxer and no protocol but the one file.
+CONTAINERS = {
+    "MP4/MOV": lambda head: head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"),
+    "Matroska/WebM": lambda head: head.startswith(b"\x1a\x45\xdf\xa3"),
+    "AVI": lambda head: head.startswith(b"RIFF") and head[8:12] == b"AVI ",
+    "MPEG-TS": lambda head: head[:1] == b"\x47" and (len(head) <= 188 or head[188:189] == b"\x47"),
+    "MPEG-PS": lambda head: head.startswith(b"\x00\x00\x01\xba"),
+    "FLV": lambda head: head.startswith(b"FLV\x01"),
+    "Ogg": lambda head: head.startswith(b"OggS"),
+    "ASF/WMV": lambda head: head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),
+    "MJPEG": lambda head: head.startswith(b"\xff\xd8\xff"),
+}
+FFMPEG_OPTIONS = "protocol_whitelist;file|format_whitelist;mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,flv,ogg,asf,mjpeg"
+HEAD_BYTES = 376  # two MPEG-TS packets
 _SPEC = re.compile(r"^(uniform):(\d+)$|^(fps):(\d+(?:\.\d+)?)$|^(scene)$")
 
 
@@ -81,7 +97,7 @@ def sample_frames(
 
     if os.path.getsize(path) == 0:
         raise MediaError("empty file (0 bytes)")
-    capture = cv2.VideoCapture(path)
+    capture = open_capture(path)
     try:
         if not capture.isOpened():
             raise MediaError("not a video OpenCV can open (unknown container or codec)")
@@ -160,10 +176,32 @@ class _Reader:
         return (index, index / self.fps, pixels, *fingerprint)
 
 
-def _count_frames(path: str, max_read: int) -> int:
+def container(path: str) -> str:
+    """The container a video file's first bytes say it is; MediaError for anything else
+    (playlists, text, images, unknown formats)."""
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    found = next((name for name, matches in CONTAINERS.items() if matches(head)), None)
+    if found is None:
+        raise MediaError(
+            f"not a video container shoplens reads ({', '.join(CONTAINERS)}): the file starts with {head[:16]!r}; "
+            "playlists and other files that name further media are refused"
+        )
+    return found
+
+
+def open_capture(path: str):
+    """An OpenCV capture of a local video file whose content is a known container, through FFmpeg
+    restricted to that file and the known containers' demuxers."""
     import cv2
 
-    capture = cv2.VideoCapture(path)
+    container(path)
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FFMPEG_OPTIONS  # read by OpenCV at each open
+    return cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+
+
+def _count_frames(path: str, max_read: int) -> int:
+    capture = open_capture(path)
     count = 0
     while count < max_read and capture.grab():
         count += 1
@@ -248,7 +286,7 @@ def frame_at(path: str, timestamp_s: float) -> np.ndarray:
     """The frame shown at `timestamp_s`, uint8 [H, W, 3] RGB (review evidence). Raises MediaError."""
     import cv2
 
-    capture = cv2.VideoCapture(path)
+    capture = open_capture(path)
     try:
         if not capture.isOpened():
             raise MediaError("not a video OpenCV can open (unknown container or codec)")

@@ -118,7 +118,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     rows = store.mark_unchanged(table, manifest.rows, source.provenance)
     pending = PendingWrites(store, table, frames_table, config.write_batch_rows, policy.names)
     last_write = time.monotonic()
-    for batch in _scored_batches(rows, source, config, policy, heads, bank):
+    for batch in _scored_batches(rows, source, config, policy, heads, bank, manifest.root):
         write = _tally(batch, summary)
         if write.any():
             pending.add({k: v[write] for k, v in batch.items()})
@@ -133,7 +133,8 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     return summary
 
 
-def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, heads, bank: HashBank):
+def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, heads, bank: HashBank,
+                    media_root: str | None):
     """The Ray Data pipeline: batches of decoded, embedded and scored rows, in no particular order."""
     if rows.num_rows == 0:
         return
@@ -146,7 +147,7 @@ def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, p
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
     defer = config.device_decode == "on" or (config.device_decode == "auto" and pools.embed.num_gpus > 0)
     ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True,
-                     defer_jpegs=defer)
+                     defer_jpegs=defer, media_root=media_root)
     ds = apply_stage(
         ds, EmbedAndScore, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
         policy=policy, heads=heads, bank=bank, num_threads=pools.embed.threads, source=source,

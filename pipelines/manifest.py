@@ -36,6 +36,7 @@ class ManifestError(ValueError):
 class Manifest:
     rows: pa.Table  # item_id, kind, title, category, seller_id, media_uri, frames, status, error
     rejected: list[dict] = field(default_factory=list)  # {"row": n, "item_id": ..., "error": ...}
+    root: str | None = None  # the media root rows were resolved against: a local folder, or a remote prefix
 
 
 def read_manifest(
@@ -54,7 +55,10 @@ def read_manifest(
     if unknown:
         log.warning("%s: ignoring unknown column(s) %s", path, unknown)
     root = os.fspath(media_root) if media_root is not None else posixpath.dirname(path) if is_remote(path) else str(Path(path).parent)
-    return _plan(table, root if is_remote(root) else Path(root).resolve(), default_frames)
+    root = root if is_remote(root) else Path(root).resolve()
+    manifest = _plan(table, root, default_frames)
+    manifest.root = str(root)
+    return manifest
 
 
 def _read_table(path: str) -> pa.Table:

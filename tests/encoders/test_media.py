@@ -176,3 +176,70 @@ def test_decoder_stage_records_errors_and_skips_unchanged(tmp_path):
     assert [len(p) for p in out["pixels"]] == [1, 0, 0, 0] and list(out["frame_index"][0]) == [0]
     assert out["media_sha256"][0] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert out["media_sha256"][3] is None
+
+
+def decode_rows(root, paths: list, known: list | None = None, kinds: list | None = None) -> dict:
+    """The decode stage over rows whose media the manifest resolved inside `root`."""
+    n = len(paths)
+    batch = {
+        "item_id": np.array([f"i{k}" for k in range(n)], dtype=object),
+        "kind": np.array(kinds or ["product"] * n, dtype=object),
+        "frames": np.array([None if (kinds or ["product"] * n)[k] == "product" else "uniform:2" for k in range(n)], dtype=object),
+        "media_uri": np.array([str(p) for p in paths], dtype=object),
+        "status": np.array([OK] * n, dtype=object),
+        "error": np.array([None] * n, dtype=object),
+        "known_sha256": np.array(known or [None] * n, dtype=object),
+    }
+    return MediaDecoder(SIZE, media_root=str(root))(batch)
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_or_folder_named_like_media_is_a_row_error_never_a_blocked_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "good.jpg").write_bytes(photo_bytes())
+    out = decode_rows(tmp_path, [tmp_path / "pipe.jpg", tmp_path / "folder.jpg", tmp_path / "good.jpg"])
+    assert list(out["status"]) == [ERROR, ERROR, OK]
+    assert "not a regular file (a FIFO)" in out["error"][0] and "not a regular file (a folder)" in out["error"][1]
+
+
+def test_a_link_swapped_in_after_the_manifest_was_checked_is_not_followed(tmp_path):
+    """The manifest resolved root/photo.jpg and root/sub/photo.jpg inside the root; before the
+    decode stage opens them, one becomes a link and the other's folder a link, both leading out."""
+    from conftest import sample_video
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(photo_bytes("coffee.png"))
+    (outside / "photo.jpg").write_bytes(photo_bytes("coffee.png"))
+    (outside / "clip.mp4").write_bytes(sample_video().read_bytes())
+    (root / "photo.jpg").symlink_to(outside / "secret.jpg")
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(outside)
+    (root / "clip.mp4").symlink_to(outside / "clip.mp4")
+    (root / "kept.jpg").write_bytes(photo_bytes())
+    out = decode_rows(root, [root / "photo.jpg", root / "sub" / "photo.jpg", root / "clip.mp4", root / "kept.jpg"],
+                      kinds=["product", "product", "video", "product"])
+    assert list(out["status"]) == [ERROR, ERROR, ERROR, OK]
+    assert "is a symbolic link" in out["error"][0] and "is a symbolic link" in out["error"][2]
+    assert f"outside the media root {root}" in out["error"][1]
+
+
+def test_a_video_is_sampled_from_the_file_that_was_hashed(tmp_path):
+    from conftest import sample_video
+
+    (tmp_path / "clip.mp4").write_bytes(sample_video().read_bytes())
+    out = decode_rows(tmp_path, [tmp_path / "clip.mp4"], kinds=["video"])
+    assert list(out["status"]) == [OK] and len(out["pixels"][0]) == 2
+
+
+def test_a_stale_known_hash_never_skips(tmp_path):
+    import hashlib
+
+    (tmp_path / "a.jpg").write_bytes(photo_bytes())
+    stale = hashlib.sha256(photo_bytes("coffee.png")).hexdigest()
+    out = decode_rows(tmp_path, [tmp_path / "a.jpg"], known=[stale])
+    assert list(out["status"]) == [OK] and len(out["pixels"][0]) == 1

@@ -114,12 +114,33 @@ def test_large_frames_are_refused():
         sample_frames(str(sample_video()), FrameSampling.parse("uniform:2"), SIZE, VideoLimits(max_pixels_per_frame=100_000))
 
 
+def hls_playlist(segment) -> bytes:
+    return f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile://{segment}\n#EXT-X-ENDLIST\n".encode()
+
+
+def test_ffmpeg_opens_no_playlist_even_past_the_content_check(tmp_path, monkeypatch):
+    """The second door: FFmpeg itself is held to the known containers' demuxers and to files."""
+    import cv2
+
+    from encoders.video import FFMPEG_OPTIONS
+
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_bytes(hls_playlist(sample_video()))
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
+    assert not cv2.VideoCapture(str(playlist), cv2.CAP_FFMPEG).isOpened()
+    assert cv2.VideoCapture(str(sample_video()), cv2.CAP_FFMPEG).isOpened()
+
+
 def bad_videos(tmp_path) -> dict[str, tuple[bytes, str]]:
     real = sample_video().read_bytes()
     codec = real.rfind(b"avc1")  # the sample entry naming the codec
     return {
         "empty.mp4": (b"", "empty file (0 bytes)"),
-        "random.mp4": (np.random.default_rng(0).bytes(20_000), "not a video OpenCV can open"),
+        "random.mp4": (np.random.default_rng(0).bytes(20_000), "not a video container shoplens reads"),
+        # Playlists make FFmpeg open the files they name, wherever those are: refused by content, whatever the name.
+        "playlist.m3u8": (hls_playlist(sample_video()), "playlists and other files that name further media are refused"),
+        "playlist.mp4": (hls_playlist(sample_video()), "the file starts with b'#EXTM3U"),
+        "concat.mp4": (f"ffconcat version 1.0\nfile '{sample_video()}'\n".encode(), "not a video container"),
         "unknown-codec.mp4": (real[:codec] + b"zzzz" + real[codec + 4 :], "not a video OpenCV can open"),
         "cut-index.mp4": (real[: len(real) // 2], "not a video OpenCV can open"),  # MP4 index is at the end
         "no-frames.avi": (write_video(tmp_path / "none.avi", []).read_bytes(), "the video yielded no decodable frame"),
