@@ -316,6 +316,41 @@ class ItemStore:
         if rows.num_rows:
             table.merge_insert("item_id").when_matched_update_all().execute(rows.cast(keyed(rows.schema, ITEMS)))
 
+    def block_items(self, table, matched: dict[str, str], categories: dict[str, str], block: str) -> None:
+        """Marks stored items as matching the hash bank, in one commit: `matched` maps an item_id
+        to the entry it matched, `categories` an entry to its category."""
+        rows = self._matched_rows(table, ["item_id"], [(item_id,) for item_id in matched], [matched[i] for i in matched],
+                                  [categories[matched[i]] for i in matched])
+        rows = rows.set_column(rows.schema.get_field_index("decision"), "decision", pa.array([block] * rows.num_rows, pa.string()))
+        self.update_columns(table, rows)
+
+    def block_frames(self, table, matches: pa.Table) -> None:
+        """Marks stored frames (`matches`: item_id, frame_index, hash_match, category) as
+        matching the hash bank, in one commit."""
+        keys = list(zip(matches["item_id"].to_pylist(), matches["frame_index"].to_pylist()))
+        rows = self._matched_rows(table, ["item_id", "frame_index"], keys, matches["hash_match"].to_pylist(),
+                                  matches["category"].to_pylist())
+        table.merge_insert(["item_id", "frame_index"]).when_matched_update_all().execute(rows.cast(keyed(rows.schema, FRAMES)))
+
+    @staticmethod
+    def _matched_rows(table, key: list[str], keys: list[tuple], entries: list[str], categories: list[str]) -> pa.Table:
+        """The stored rows of `keys` with `hash_match` set, and, where the row was scored, the
+        matched category's risk and `risk` set to 1 (a match is certain). Only the key, decision,
+        hash_match and risk columns."""
+        from lancedb.expr import col
+
+        columns = [*key, *(c for c in ("decision", "hash_match", "risk") if c in table.schema.names)]
+        columns += sorted({f"risk_{c}" for c in categories} & set(table.schema.names))
+        wanted = dict(zip(keys, zip(entries, categories)))
+        stored = table.search().where(col(key[0]).isin(sorted({k[0] for k in keys}))).select(columns).limit(None).to_arrow()
+        rows = [r for r in stored.to_pylist() if tuple(r[k] for k in key) in wanted]
+        for row in rows:
+            entry, category = wanted[tuple(row[k] for k in key)]
+            row["hash_match"] = entry
+            if row.get("risk") is not None and f"risk_{category}" in row:
+                row[f"risk_{category}"] = row["risk"] = 1.0
+        return pa.Table.from_pylist(rows, schema=stored.schema)
+
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
         """Makes `rows` the only frames of `item_ids`, in one commit: frames an item no longer
         has (it was re-sampled, now fails, or is no longer a video) are deleted as the new ones
