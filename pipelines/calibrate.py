@@ -15,6 +15,7 @@ from safety.calibration import (
     MIN_VIOLATING_FOR_HEAD, Figures, category_signals, fit_calibration, held_out, threshold_for_precision, too_few,
 )
 from safety.heads import train_heads
+from safety.policy import PolicyError
 
 FETCH_ROWS = 1024
 
@@ -99,10 +100,11 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
     return summary
 
 
-def rescore(db: str, pretrained: str | None = None, device: str = "auto") -> dict:
-    """Decides every stored item again with the database's current policy: embedding signals
-    from the stored vectors, pixel models' stored outputs, PDQ hashes against the current bank.
-    Nothing is decoded or embedded again."""
+def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy_path=None) -> dict:
+    """Decides every stored item again with the database's current policy, or the one at
+    `policy_path` (which becomes the database's): embedding signals from the stored vectors,
+    pixel models' stored outputs, PDQ hashes against the current bank. Nothing is decoded or
+    embedded again."""
     from lancedb.expr import col
 
     from pipelines.search import Searcher
@@ -110,9 +112,13 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto") -> dic
 
     started = time.perf_counter()
     store = ItemStore(db)
+    policy, heads = store.policy(policy_path)
     searcher = Searcher(db, pretrained=pretrained, device=device)  # the table's own model, checked
-    policy, heads = store.policy()
     encoder = searcher.encoder
+    if heads is not None and heads.model != encoder.provenance:
+        raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {encoder.provenance}")
+    if policy_path is not None:
+        store.remember_policy(policy, heads)
     table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)
     scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads,
                           stored_pixel_scores=True)

@@ -62,7 +62,8 @@ def ingest(
     device_decode: str = typer.Option("auto", help="Decode JPEGs on the embedding device (nvJPEG): auto (on GPUs), on, off."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
     media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against [default: the manifest's]."),
-    policy: Path = typer.Option(None, help="Safety policy file (YAML) [default: the one shipped with shoplens]."),
+    policy: Path = typer.Option(None, help="Safety policy file (YAML); it becomes the database's policy "
+                                "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
     ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
 ) -> None:
     """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
@@ -200,12 +201,14 @@ def safety_rescore(
     db: str = typer.Option(..., "--db", help="LanceDB database to decide again."),
     pretrained: str = typer.Option(None, help="Weights of the table's model, for a table built from a local checkpoint."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    policy: Path = typer.Option(None, help="Safety policy file to apply; it becomes the database's policy "
+                                "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
 ) -> None:
     """Apply the database's current policy to stored scores and embeddings, without re-embedding."""
     from pipelines.calibrate import rescore
     from pipelines.search import SearchError
 
-    run_job(lambda: rescore(db, pretrained, device), usage_errors=(*_review_errors(), SearchError))
+    run_job(lambda: rescore(db, pretrained, device, policy), usage_errors=(*_review_errors(), SearchError))
 
 
 @bank_app.command("add")
@@ -213,7 +216,7 @@ def bank_add(
     files: list[Path] = typer.Argument(..., help="Images of known violating media."),
     category: str = typer.Option(..., help="The policy category they violate."),
     db: str = typer.Option(..., "--db", help="LanceDB database the bank lives in (beside `items`)."),
-    policy: Path = typer.Option(None, help="Safety policy file [default: the one shipped with shoplens]."),
+    policy: Path = typer.Option(None, help="Safety policy file for the category and match rules (default: the database's own, else the shipped one)."),
 ) -> None:
     """Add images to the hash bank; later ingests block items that match them."""
     from pipelines.bank import add_to_bank

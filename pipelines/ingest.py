@@ -24,6 +24,7 @@ from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
 from pipelines.store import ItemStore, PendingWrites
 from safety.hashbank import HashBank
+from safety.heads import load_policy_and_heads
 from safety.policy import Policy, PolicyError
 from safety.stage import EmbedAndScore
 
@@ -96,6 +97,8 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     per-item problems are recorded in rows and counted in the summary."""
     started = time.perf_counter()
     manifest = read_manifest(config.manifest, config.media_root, config.frames)
+    if config.policy is not None:
+        load_policy_and_heads(config.policy)  # a bad policy or heads file: exit 2 before Ray starts
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
     # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
     with ThreadPoolExecutor(max_workers=1) as pool:

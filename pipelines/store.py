@@ -234,24 +234,14 @@ class ItemStore:
         and checked here: a bad one is a PolicyError before any job starts); else the newest
         policy stored in the database (by an ingest or rescore given a file, or by `shoplens
         safety calibrate`), with its heads; else the shipped one."""
-        from safety.heads import EmbeddingHeads
-        from safety.policy import PolicyError, load_policy, parse_policy
+        from safety.heads import EmbeddingHeads, load_policy_and_heads
+        from safety.policy import parse_policy
 
         newest = self._newest_policy()
         if path is None and newest is not None:
             heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
             return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
-        policy = load_policy(path)
-        if policy.heads is None:
-            return policy, None
-        try:
-            heads = EmbeddingHeads.load(policy.heads_path())
-        except (OSError, ValueError) as e:
-            raise PolicyError(f"policy {policy.source}: heads {policy.heads_path()}: {e}") from None
-        unknown = set(heads.categories) - set(policy.names)
-        if unknown:
-            raise PolicyError(f"policy {policy.source}: its heads score categories it does not have: {sorted(unknown)}")
-        return policy, heads
+        return load_policy_and_heads(path)
 
     def remember_policy(self, policy, heads) -> bool:
         """Stores the policy a job was given, unless it is already the database's newest: later

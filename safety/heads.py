@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safety.policy import sigmoid
+from safety.policy import Policy, PolicyError, load_policy, sigmoid
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> tu
     return theta[:-1], float(theta[-1])
 
 
+
+
+def load_policy_and_heads(path: str | Path | None) -> tuple[Policy, EmbeddingHeads | None]:
+    """The policy file at `path` (None: the shipped one) and the heads file it names, both
+    checked: an unreadable or foreign heads file, or heads of categories the policy lacks, is a
+    PolicyError (a configuration error, found before any job starts)."""
+    policy = load_policy(path)
+    if policy.heads is None:
+        return policy, None
+    try:
+        heads = EmbeddingHeads.load(policy.heads_path())
+    except (OSError, ValueError) as e:
+        raise PolicyError(f"policy {policy.source}: heads {policy.heads_path()}: {e}") from None
+    unknown = set(heads.categories) - set(policy.names)
+    if unknown:
+        raise PolicyError(f"policy {policy.source}: its heads score categories it does not have: {sorted(unknown)}")
+    return policy, heads

@@ -22,3 +22,13 @@ def test_cluster_config_holds_no_secrets():
     text = CONFIG.read_text().lower()
     for word in ("aws_secret", "secret_access_key", "password", "token:", "ssh_private_key"):
         assert word not in text
+
+
+def test_every_node_starts_ray_with_token_authentication_from_a_mounted_token():
+    config = yaml.safe_load(CONFIG.read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all(c.startswith("RAY_AUTH_MODE=token ") for c in starts), key
+        assert "test -s ~/.ray/auth_token" in config[key][: config[key].index(starts[0])], key  # no token: no start
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the operator's file, never this repo's
+    assert not any("RAY_AUTH_TOKEN=" in c for key in config if key.endswith("commands") for c in config[key] or [])
