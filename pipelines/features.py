@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.store import ITEMS, ItemStore
+from pipelines.store import ITEMS, ItemStore, items_schema
 from safety.features import FEATURE_SCHEMA_VERSION, feature_batch, feature_columns
 
 
@@ -21,14 +21,19 @@ def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:
     table = ItemStore(db).existing(ITEMS)
     if table is None:
         raise FeaturesError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
+    # A table from an earlier version lacks some columns (until its next ingest adds them): they
+    # are exported null, typed as the current schema has them.
+    current = items_schema(table.schema.field("vector").type.list_size, [])
     columns = feature_columns(table.schema)
-    empty = pa.RecordBatch.from_pylist([], schema=pa.schema([table.schema.field(c) for c in columns]))
+    schema = pa.schema([table.schema.field(c) if c in table.schema.names else current.field(c) for c in columns])
+    stored = [c for c in columns if c in table.schema.names]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     rows = 0
-    with pq.ParquetWriter(partial, feature_batch(empty).schema) as writer:
-        for batch in table.to_lance().to_batches(columns=columns, batch_size=batch_rows):
-            writer.write_batch(feature_batch(batch))
+    with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema)).schema) as writer:
+        for batch in table.to_lance().to_batches(columns=stored, batch_size=batch_rows):
+            whole = [batch[c] if c in stored else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns]
+            writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema)))
             rows += batch.num_rows
     partial.replace(out)
     return {"command": "features export", "db": db, "out": str(out), "rows": rows, "feature_schema_version": FEATURE_SCHEMA_VERSION}

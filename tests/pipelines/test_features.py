@@ -1,0 +1,23 @@
+"""`shoplens features export` on tables of every schema the store can migrate."""
+
+import lancedb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.features import export_features
+from pipelines.store import ITEMS
+from pipelines.synthetic import embedding_like, synthetic_items
+
+
+def test_a_table_from_before_the_aggregate_columns_exports_them_null(tmp_db, tmp_path):
+    rows = synthetic_items(embedding_like(20, 16), moderated=True)
+    older = rows.drop_columns(["risk_topk_mean", "frames_over_review", "hash_match", "dup_count"])
+    lancedb.connect(tmp_db).create_table(ITEMS, older)
+    summary = export_features(tmp_db, tmp_path / "features.parquet")
+    features = pq.read_table(tmp_path / "features.parquet")
+    assert summary["rows"] == features.num_rows == 20
+    for column in ("risk_topk_mean", "frames_over_review", "hash_match"):
+        assert features[column].null_count == 20
+    assert features.schema.field("risk_topk_mean").type == pa.float32()
+    assert features["hash_matched"].to_pylist() == [False] * 20
+    assert features["decision"].to_pylist() == rows["decision"].to_pylist()
