@@ -20,6 +20,10 @@ p2,product,blue shoe,s3://shop/elsewhere/p2.jpg
 p3,product,gone,img/missing.jpg
 p4,product,escapes,../../outside.jpg
 p5,product,absolute,/etc/passwd
+p6,product,query cut,..?/outside.jpg
+p7,product,fragment cut,..#/outside.jpg
+p8,product,sibling prefix,../cat-evil/x.jpg
+p9,product,query in a key,img/p9.jpg?x=1
 """
 
 
@@ -30,7 +34,8 @@ def test_a_manifest_in_s3_resolves_relative_media_under_its_own_prefix(s3):
     assert rows["p1"]["media_uri"] == "s3://shop/cat/img/p1.jpg"
     assert rows["p2"]["media_uri"] == "s3://shop/elsewhere/p2.jpg"
     assert rows["p3"]["status"] == "ok"  # a missing object is found out when it is read
-    for item_id in ("p4", "p5"):
+    # `..?/x` would be read as the key `..` (what follows `?` is a query): refused as the reader parses it.
+    for item_id in ("p4", "p5", "p6", "p7", "p8", "p9"):
         assert rows[item_id]["status"] == "error" and "inside the remote media root s3://shop/cat" in rows[item_id]["error"]
 
 
