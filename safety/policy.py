@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ALLOW, REVIEW, BLOCK, UNSCORED = "allow", "review", "block", "unscored"
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 PIXEL_MODEL_NAMES = ("open_nsfw", "image_safety_s")
+# Categories whose `risk_<category>` column would be another column of the items table.
+RESERVED_CATEGORIES = ("topk_mean",)
 
 
 class PolicyError(ValueError):
@@ -88,6 +90,8 @@ class Policy(_Strict):
         for name in self.categories:
             if not name.isidentifier() or name != name.lower():
                 raise ValueError(f"category {name!r} must be a lower-case identifier (it names a column risk_{name})")
+            if name in RESERVED_CATEGORIES:
+                raise ValueError(f"category {name!r} is reserved: its column risk_{name} is another column of the items table")
         for model, spec in self.pixel_models.items():
             if model not in PIXEL_MODEL_NAMES:
                 raise ValueError(f"unknown pixel model {model!r}: known are {', '.join(PIXEL_MODEL_NAMES)}")

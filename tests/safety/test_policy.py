@@ -69,3 +69,11 @@ def test_thresholds_take_the_best_recall_at_the_precision_asked():
     assert threshold_for_precision(scores, np.zeros(8, int), 0.5) == 1.0  # nothing to find: flag nothing
     assert threshold_for_precision(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0]), 0.5) == 1.0  # ties go together
     assert roc_auc(scores, y) == round((3 + 3 + 2 + 2 + 0) / 15, 4)  # each violating item against the 3 others
+
+
+def test_a_category_named_like_a_reserved_column_is_refused(tmp_path):
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    policy["categories"]["topk_mean"] = {"review": 0.5, "block": 0.9, "prompts": ["x"]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(policy))
+    with pytest.raises(PolicyError, match="'topk_mean' is reserved"):
+        load_policy(tmp_path / "p.yaml")
