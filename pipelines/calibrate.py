@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from pipelines.review import ReviewError
-from pipelines.store import FRAMES, ITEMS, LABELS, ItemStore, PendingWrites
+from pipelines.store import ITEMS, LABELS, ItemStore, PendingWrites
 from safety.calibration import (
     MIN_VIOLATING_FOR_HEAD, Figures, category_signals, fit_calibration, held_out, threshold_for_precision, too_few,
 )

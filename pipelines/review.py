@@ -17,7 +17,7 @@ import pyarrow as pa
 from encoders.decode import MAX_VIDEO_BYTES
 from encoders.media import ImageLimits, MediaError, load_image, local_copy, read_media
 from encoders.video import frame_at
-from pipelines.store import ITEMS, LABELS, ItemStore
+from pipelines.store import ITEMS, ItemStore
 from safety.policy import BLOCK, REVIEW, UNSCORED
 from safety.review import ReviewFormatError, labeling_config, labels_from_csv, labels_from_label_studio, task
 
