@@ -30,10 +30,13 @@ def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     rows = 0
-    with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema)).schema) as writer:
-        for batch in table.to_lance().to_batches(columns=stored, batch_size=batch_rows):
-            whole = [batch[c] if c in stored else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns]
-            writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema)))
-            rows += batch.num_rows
-    partial.replace(out)
+    try:
+        with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema)).schema) as writer:
+            for batch in table.to_lance().to_batches(columns=stored, batch_size=batch_rows):
+                whole = [batch[c] if c in stored else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns]
+                writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema)))
+                rows += batch.num_rows
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return {"command": "features export", "db": db, "out": str(out), "rows": rows, "feature_schema_version": FEATURE_SCHEMA_VERSION}

@@ -65,8 +65,9 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
             wanted |= np.nan_to_num(keys[f"risk_{c}"].to_numpy(zero_copy_only=False).astype(float), nan=-1) >= review_at[c]
         keys = keys.filter(pa.array(wanted))
     # Unscored items (null risk) first: nothing is known about them.
-    ranked = pc.sort_indices(keys, [("risk", "descending"), ("item_id", "ascending")], null_placement="at_start")
-    keys = keys.take(ranked)
+    unknown = pc.is_null(keys["risk"])
+    keys = pa.concat_tables([keys.filter(unknown).sort_by([("item_id", "ascending")]),
+                             keys.filter(pc.invert(unknown)).sort_by([("risk", "descending"), ("item_id", "ascending")])])
     order = keys["item_id"].to_pylist()[:limit]
 
     out.mkdir(parents=True, exist_ok=True)

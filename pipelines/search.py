@@ -17,7 +17,7 @@ from encoders.media import ImageLimits, MediaError, decode_image, read_media
 from encoders.weights import RANDOM, RANDOM_SEED
 from pipelines.indexes import QueryTuning
 from pipelines.store import FRAMES, ITEMS, ItemStore
-from safety.policy import BLOCK, UNSCORED
+from safety.policy import ALLOW, BLOCK, REVIEW, UNSCORED
 
 FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
@@ -60,10 +60,9 @@ class SearchFilters:
             # Compared as float32, the column's own type: a float64 literal is refused by Substrait,
             # and 0.3 as float32 is the value a stored risk of 0.3 holds.
             where = where & (col("risk") <= _float32(dialect, self.max_risk))
-        hidden = [d for d, shown in ((BLOCK, self.include_blocked), (UNSCORED, self.include_unscored)) if not shown]
-        for decision in hidden:  # a null decision is hidden too: SQL's null rules
-            where = where & (col("decision") != lit(decision))
-        return where
+        # Only decisions named here are shown: a row with no decision at all never is.
+        shown = [ALLOW, REVIEW] + [BLOCK] * self.include_blocked + [UNSCORED] * self.include_unscored
+        return where & col("decision").isin(shown)
 
 
 def _float32(dialect: str, value: float):

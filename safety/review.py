@@ -77,7 +77,8 @@ def task(item: dict, categories: list[str], review_thresholds: list[float], evid
 
 
 def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
-    """Labels from a Label Studio JSON export: each task's latest non-cancelled annotation."""
+    """Labels from a Label Studio JSON export: each task's latest non-cancelled annotation. Any
+    part of the wrong shape is a ReviewFormatError naming the task."""
     try:
         tasks = json.loads(text)
     except json.JSONDecodeError as e:
@@ -90,26 +91,58 @@ def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
         if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict) or not isinstance(entry["data"].get("item_id"), str):
             raise ReviewFormatError(f"{where}: no data.item_id (was it exported by `shoplens review export`?)")
         item_id = entry["data"]["item_id"]
-        annotations = [a for a in entry.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        where = f"{where} ({item_id})"
+        annotations = _list(entry.get("annotations"), f"{where}: annotations")
+        for a in annotations:
+            if not isinstance(a, dict):
+                raise ReviewFormatError(f"{where}: an annotation is {type(a).__name__}, not an object")
+            for key in ("updated_at", "created_at"):
+                if a.get(key) is not None and not isinstance(a[key], str):
+                    raise ReviewFormatError(f"{where}: {key} is {a[key]!r}, not an ISO 8601 text")
+        annotations = [a for a in annotations if not a.get("was_cancelled")]
         if not annotations:
             continue  # not reviewed yet
-        latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
-        chosen = set()
-        for region in latest.get("result") or []:
-            if region.get("from_name") == FROM_NAME and region.get("type") == "choices":
-                chosen |= set((region.get("value") or {}).get("choices") or [])
+        latest = max(annotations, key=lambda a: a.get("updated_at") or a.get("created_at") or "")
+        chosen = _choices(latest, where)
         if not chosen:
             continue  # an annotation that chose nothing is no decision
         unknown = chosen - set(categories) - {NONE_CHOICE}
         if unknown:
-            raise ReviewFormatError(f"{where} ({item_id}): unknown categories {sorted(unknown)}")
+            raise ReviewFormatError(f"{where}: unknown categories {sorted(unknown)}")
         if NONE_CHOICE in chosen and len(chosen) > 1:
-            raise ReviewFormatError(f"{where} ({item_id}): `none` chosen together with {sorted(chosen - {NONE_CHOICE})}")
+            raise ReviewFormatError(f"{where}: `none` chosen together with {sorted(chosen - {NONE_CHOICE})}")
         reviewer = latest.get("completed_by")
         reviewer = str(reviewer.get("email") or reviewer.get("id")) if isinstance(reviewer, dict) else (None if reviewer is None else str(reviewer))
         at = latest.get("updated_at") or latest.get("created_at")
         labels += [Label(item_id, c, c in chosen, reviewer, at) for c in categories]
     return _unique(labels)
+
+
+def _list(value, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReviewFormatError(f"{what} is {type(value).__name__}, not a list")
+    return value
+
+
+def _choices(annotation: dict, where: str) -> set[str]:
+    """The choices an annotation made in the `violations` control."""
+    chosen = set()
+    for region in _list(annotation.get("result"), f"{where}: result"):
+        if not isinstance(region, dict):
+            raise ReviewFormatError(f"{where}: a result region is {type(region).__name__}, not an object")
+        if region.get("from_name") != FROM_NAME or region.get("type") != "choices":
+            continue
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise ReviewFormatError(f"{where}: a choices region's value is {type(value).__name__}, not an object")
+        choices = _list(value.get("choices"), f"{where}: value.choices")
+        bad = [c for c in choices if not isinstance(c, str)]
+        if bad:
+            raise ReviewFormatError(f"{where}: a choice is {bad[0]!r}, not a category name")
+        chosen |= set(choices)
+    return chosen
 
 
 def labels_from_csv(text: str, categories: list[str]) -> list[Label]:

@@ -200,8 +200,98 @@ def shots_video(path: Path, length: int = 90) -> Path:
 
 
 
+def flip_bits(hash_hex: str, bits: int, offset: int = 0) -> str:
+    """A PDQ hash (64 hex digits) with `bits` of its 256 bits flipped (at most 64), spread over the
+    hash from `offset`: a hash exactly `bits` from the original."""
+    value = bytearray.fromhex(hash_hex)
+    for k in range(bits):
+        position = (offset + 8 * k + k // 32) % 256  # one bit per byte in turn: never the same bit twice
+        value[position // 8] ^= 1 << (position % 8)
+    return value.hex()
+
+
 def photo_variants(folder: Path, count: int, side: int = 160) -> list[tuple[str, str]]:
     """`count` distinct JPEGs of the sample photos: (file name, source photo)."""
     from pipelines.synthetic import photo_variants as variants
 
     return variants(folder, count, list(SAMPLE_PHOTOS), side, min_crop=0.7)
+
+
+# --- scored tables without Ray ---------------------------------------------------------------
+
+def pixel_policy(path: Path, version: str, models: tuple[str, ...] = ("open_nsfw", "image_safety_s"),
+                 review: dict[str, float] | None = None, block: dict[str, float] | None = None) -> Path:
+    """Writes a policy like PIXEL_POLICY (categories `sexual` and `violence`, scored by pixel
+    models only) with the given models and thresholds: tests pick thresholds from real scores."""
+    import yaml
+
+    outputs = {"open_nsfw": {"nsfw": ["sexual"]}, "image_safety_s": {"nsfl": ["violence"], "nsfw": ["sexual"]}}
+    review, block = review or {}, block or {}
+    path.write_text(yaml.safe_dump({
+        "version": version,
+        "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a photo of a product for sale"]},
+        "pixel_models": {m: {"outputs": outputs[m]} for m in models},
+        "categories": {c: {"review": review.get(c, 0.4), "block": block.get(c, 0.85), "prompts": [c]} for c in ("sexual", "violence")},
+    }))
+    return path
+
+
+def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media_root: Path | None = None) -> None:
+    """What `shoplens ingest` writes, without Ray: the manifest read and checked, the store's
+    skip rule, the decode stage and the embed-and-score stage run here on one batch, the rows
+    committed by the store's writer (skipped rows are not written). For fast tests of what reads
+    a scored table; the Ray job itself is tested by the slow tests."""
+    from encoders.decode import MediaDecoder
+    from encoders.media import SKIPPED
+    from pipelines.manifest import read_manifest
+    from pipelines.store import ItemStore, PendingWrites
+    from safety.stage import EmbedAndScore
+
+    store = ItemStore(db)
+    scoring, heads = store.policy(policy)
+    if policy is not None:
+        store.remember_policy(scoring, heads)
+    stage = EmbedAndScore(MICRO, scoring, store.hash_bank(), num_threads=1, heads=heads)
+    encoder = stage.embedder.encoder
+    table, frames = store.items(encoder.dim, scoring.names), store.frames(encoder.dim, scoring.names)
+    rows = store.mark_unchanged(table, read_manifest(manifest, media_root).rows, encoder.provenance)
+    batch = {name: np.array(rows[name].to_pylist(), dtype=object) for name in rows.column_names}
+    batch = stage(MediaDecoder(encoder.image_size, fingerprint=True)(batch))
+    written = batch["status"] != SKIPPED
+    pending = PendingWrites(store, table, frames, 4096, scoring.names)
+    pending.add({k: v[written] for k, v in batch.items()})
+    pending.flush()
+
+
+def ray_job(test):
+    """Marks a test that runs a whole Ray job (slow, in the session's local Ray), in modules
+    whose other tests are fast."""
+    return pytest.mark.slow(pytest.mark.usefixtures("ray_session")(test))
+
+
+@pytest.fixture(scope="session")
+def rescored_db(tmp_path_factory) -> str:
+    """Real photos ingested (without Ray) under two policies, then rescored with the second:
+    `coffee` and `rocket` with both pixel models; `astronaut`, `chelsea` and `broken` (not an
+    image) under a policy with open_nsfw only, so their stored outputs lack image_safety_s, which
+    the database's policy then uses. Returns the database; `rescore`'s summary is in `summary.json`."""
+    from pipelines.calibrate import rescore
+    from pipelines.store import ItemStore
+    from safety.policy import load_policy
+
+    root = tmp_path_factory.mktemp("rescored")
+    for name in SAMPLE_PHOTOS:
+        shutil.copyfile(sample_photo(name), root / name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    both = pixel_policy(root / "both.yaml", "both-models")
+    nsfw_only = pixel_policy(root / "nsfw-only.yaml", "open-nsfw-only", models=("open_nsfw",))
+    db = str(root / "db")
+    batches = [(both, ["coffee.png"]), (nsfw_only, ["astronaut.png", "chelsea.png", "broken.jpg"]), (both, ["rocket.jpg"])]
+    for n, (policy, names) in enumerate(batches):
+        rows = [{"item_id": name.split(".")[0], "kind": "product", "title": name, "image": name} for name in names]
+        ingest_in_process(write_manifest(root / f"batch-{n}.csv", rows), db, policy)
+    store = ItemStore(db)
+    store.remember_policy(load_policy(both), None)
+    assert store.policy()[0].version == "both-models"
+    (root / "summary.json").write_text(json.dumps(rescore(db, device="cpu")))
+    return db

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import sample_photo
+from conftest import MICRO, sample_photo
 
 from encoders.clip import ClipEncoder, ClipSpec
 from encoders.media import decode_image
@@ -47,13 +47,27 @@ def test_uncached_tag_fails_fast_when_the_hub_is_unreachable(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def micro_checkpoint(tmp_path_factory, micro_encoder):
-    """The seeded random micro model, saved the way OpenCLIP checkpoints ship."""
+def trained():
+    """The micro architecture with weights that are not the seeded random ones, as a trained
+    model's are not: every parameter moved by noise of another seed. Its vectors are computed
+    with the weights put into the model directly, not through any checkpoint loader."""
+    import torch
+
+    encoder = ClipEncoder(MICRO, num_threads=1)  # its own model, changed below
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in encoder.model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return encoder
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory, trained):
+    """`trained`'s weights, saved the way OpenCLIP checkpoints ship."""
     from safetensors.torch import save_file
 
-    folder = tmp_path_factory.mktemp("weights")
-    path = folder / "open_clip_model.safetensors"
-    save_file({k: v.contiguous() for k, v in micro_encoder.model.state_dict().items()}, str(path))
+    path = tmp_path_factory.mktemp("weights") / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()}, str(path))
     return path
 
 
@@ -61,19 +75,33 @@ def astronaut(size):
     return decode_image(sample_photo("astronaut.png").read_bytes(), size)[None]
 
 
-def test_checkpoint_file_loads_and_is_named_by_checksum(micro_checkpoint, micro_encoder):
+def assert_vectors_of(encoder, trained, micro_encoder):
+    """`encoder` gives the trained weights' vectors, far from the seeded random model's: a
+    checkpoint that silently fell back to random weights would fail here."""
+    for texts in (["a red mug"], ["an astronaut", "a cat print"]):
+        np.testing.assert_allclose(encoder.encode_texts(texts), trained.encode_texts(texts), atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_images(astronaut(64)), trained.encode_images(astronaut(64)), atol=1e-5)
+    random = micro_encoder.encode_images(astronaut(64))
+    assert float(encoder.encode_images(astronaut(64))[0] @ random[0]) < 0.99
+    assert np.abs(encoder.encode_texts(["a red mug"]) - micro_encoder.encode_texts(["a red mug"])).max() > 0.01
+
+
+def test_checkpoint_file_loads_and_is_named_by_checksum(micro_checkpoint, trained, micro_encoder):
+    import hashlib
+
     encoder = ClipEncoder(ClipSpec("shoplens-micro", str(micro_checkpoint), "cpu"), num_threads=1)
-    assert encoder.provenance.startswith("open_clip/shoplens-micro/sha256:")
-    np.testing.assert_allclose(encoder.encode_images(astronaut(64)), micro_encoder.encode_images(astronaut(64)), atol=1e-6)
+    digest = hashlib.sha256(micro_checkpoint.read_bytes()).hexdigest()
+    assert encoder.provenance.startswith("open_clip/shoplens-micro/sha256:") and digest.startswith(encoder.provenance.split(":")[1])
+    assert_vectors_of(encoder, trained, micro_encoder)
 
 
-def test_local_dir_loads(tmp_path, micro_checkpoint, micro_encoder):
+def test_local_dir_loads(tmp_path, micro_checkpoint, trained, micro_encoder):
     shutil.copyfile(micro_checkpoint, tmp_path / "open_clip_model.safetensors")
     model_cfg = json.loads((PACKAGED_CONFIGS / "shoplens-micro.json").read_text())
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
     encoder = ClipEncoder(ClipSpec("ignored", f"local-dir:{tmp_path}", "cpu"), num_threads=1)
     assert encoder.provenance.startswith(f"open_clip/local-dir:{tmp_path.name}/sha256:")
-    np.testing.assert_allclose(encoder.encode_images(astronaut(64)), micro_encoder.encode_images(astronaut(64)), atol=1e-6)
+    assert_vectors_of(encoder, trained, micro_encoder)
 
 
 def test_local_dir_without_weights_is_refused_not_random(tmp_path):

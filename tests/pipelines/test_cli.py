@@ -94,3 +94,24 @@ def test_usage_errors_exit_2(tmp_path, media_dir, args, message):
     assert message in result.output
     if "--db" in args:  # click's own usage errors aside, stdout ends with the JSON line
         assert last_json(result.stdout)["exit_code"] == 2
+
+
+def test_exit_code_1_when_the_job_itself_fails(tmp_path):
+    """A database whose data files were lost under it: the command starts, reading fails, and it
+    says so in one JSON line with exit code 1 (not a usage error: the flags were right)."""
+    import lancedb
+
+    from pipelines.synthetic import embedding_like, synthetic_items
+
+    db = str(tmp_path / "db")
+    lancedb.connect(db).create_table("items", synthetic_items(embedding_like(20, 16)))
+    for data in (tmp_path / "db" / "items.lance" / "data").iterdir():
+        data.unlink()
+    out = tmp_path / "features.parquet"
+    for args in (["features", "export", "--db", db, "--out", str(out)], ["review", "export", "--db", db, "--out", str(tmp_path / "q")],
+                 ["search", "--db", db, "--item", "i0000001"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        summary = last_json(result.stdout)
+        assert summary["exit_code"] == 1 and "Not found" in summary["error"], summary
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()  # whole or not at all

@@ -55,8 +55,22 @@ def test_hybrid_keeps_filters(db):
     hits = Searcher(db, device="cpu").hybrid(QUERY, k=10, filters=SearchFilters(kind="video"))
     assert "keyword" in {h["item_id"] for h in hits} and "both" not in {h["item_id"] for h in hits}
     assert {h["kind"] for h in hits} == {"video"}
-    evil = Searcher(db, device="cpu").hybrid("zanzibar' OR '1'='1", k=10, filters=SearchFilters(category="x' OR '1'='1"))
-    assert evil == []
+    # Injection text with a filter that matches rows: its words are terms to match, never query
+    # syntax or SQL, and the filter still holds. Only titles holding `zanzibar`, `or` or `1` as a
+    # word can match (BM25 tokens), all of them videos.
+    searcher = Searcher(db, device="cpu")
+    evil_text = "zanzibar' OR '1'='1"
+    keyword_hits = searcher.by_keywords(evil_text, k=200, filters=SearchFilters(kind="video"))
+    titles = {h["item_id"]: h["title"] for h in keyword_hits}
+    assert "keyword" in titles and {h["kind"] for h in keyword_hits} == {"video"}
+    assert all({"zanzibar", "or", "1"} & set(title.lower().split()) for title in titles.values()), titles
+    videos = searcher.table.count_rows("kind = 'video'")  # our own literal, not user text
+    assert len(keyword_hits) < videos  # not every video: the quote did not close a string
+    hits = searcher.hybrid(evil_text, k=10, filters=SearchFilters(kind="video"))
+    assert len(hits) == 10 and {h["kind"] for h in hits} == {"video"} and "keyword" in {h["item_id"] for h in hits}
+    # An injection in a filter, with a text that matches rows: nothing passes the filter.
+    assert searcher.hybrid(QUERY, k=10) and searcher.hybrid(QUERY, k=10, filters=SearchFilters(category="x' OR '1'='1")) == []
+    assert searcher.table.count_rows() == 200
 
 
 def test_hybrid_cli(db):

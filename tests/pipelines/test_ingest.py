@@ -5,14 +5,13 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, bad_media, photo_bytes, write_manifest
+from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, bad_media, photo_bytes, ray_job, write_manifest
 
 from encoders.media import decode_image
 from encoders.phash import hamming, hash_bytes
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.store import ITEMS, StoreError
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 BAD_ERRORS = {
     "empty.jpg": "empty file",
@@ -69,6 +68,7 @@ def ingested(catalog, tmp_path_factory):
     return db, summary
 
 
+@ray_job
 def test_one_row_per_manifest_item(ingested):
     db, summary = ingested
     rows = rows_by_id(db)
@@ -79,6 +79,7 @@ def test_one_row_per_manifest_item(ingested):
     assert rows["good-0"]["media_uri"].endswith("media/astronaut.png")  # the first row with the key won
 
 
+@ray_job
 def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
     rows = rows_by_id(ingested[0])
     for n, name in enumerate(SAMPLE_PHOTOS):
@@ -94,6 +95,7 @@ def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
         assert len(row["media_sha256"]) == 64 and row["category"] == "posters" and row["seller_id"] == f"s{n}"
 
 
+@ray_job
 def test_pipeline_vectors_equal_the_encoders(ingested, micro_encoder, catalog):
     rows = rows_by_id(ingested[0])
     for n, name in enumerate(SAMPLE_PHOTOS):
@@ -105,6 +107,7 @@ def test_pipeline_vectors_equal_the_encoders(ingested, micro_encoder, catalog):
     np.testing.assert_allclose(np.array(titled["text_vector"]), micro_encoder.encode_texts([titled["title"]])[0], atol=1e-5)
 
 
+@ray_job
 def test_bad_input_is_a_row_error_and_the_job_goes_on(ingested):
     db, summary = ingested
     rows = rows_by_id(db)
@@ -120,6 +123,7 @@ def test_bad_input_is_a_row_error_and_the_job_goes_on(ingested):
     assert {"item_id": "good-0", "row": 16, "error": "duplicate item_id: the first row with it was kept"} in summary.errors
 
 
+@ray_job
 def test_rerun_changes_nothing(ingested, catalog):
     db, first = ingested
     before, rows_before = version(db), rows_by_id(db)
@@ -131,6 +135,7 @@ def test_rerun_changes_nothing(ingested, catalog):
     assert (again.ok, again.failed) == (first.ok, first.failed)
 
 
+@ray_job
 def test_changed_image_is_re_embedded(tmp_path, media_dir):
     rows = [{"item_id": f"p{n}", "kind": "product", "title": "mug", "image": name} for n, name in enumerate(SAMPLE_PHOTOS[:3])]
     manifest = write_manifest(media_dir / "catalog.jsonl", rows)
@@ -147,6 +152,7 @@ def test_changed_image_is_re_embedded(tmp_path, media_dir):
     assert after["p0"] == before["p0"] and after["p2"] == before["p2"]
 
 
+@ray_job
 def test_changed_title_is_re_embedded(tmp_path, media_dir):
     db = str(tmp_path / "db")
     manifest = write_manifest(media_dir / "catalog.csv", [{"item_id": "p", "kind": "product", "title": "mug", "image": "coffee.png"}])
@@ -159,6 +165,73 @@ def test_changed_title_is_re_embedded(tmp_path, media_dir):
     np.testing.assert_allclose(after["vector"], before["vector"], atol=1e-6)
 
 
+def test_a_changed_category_or_seller_is_not_skipped(tmp_path, media_dir):
+    """The store's skip rule on a real LanceDB, without Ray: an item is skipped only when its
+    model, its bytes and every manifest field match what is stored; a category or seller that
+    changed (to another value, from or to none) re-ingests it."""
+    import hashlib
+    from pathlib import Path
+
+    from pipelines.manifest import read_manifest
+    from pipelines.store import ItemStore, item_rows
+    from safety.policy import load_policy
+
+    stored_fields = {"p0": ("kitchen", "s1"), "p1": ("kitchen", "s1"), "p2": ("kitchen", "s1"), "p3": ("kitchen", "s1"),
+                     "p4": (None, "s1"), "p5": ("kitchen", None), "p6": ("kitchen", None)}
+    now = {"p0": ("kitchen", "s1"), "p1": ("toys", "s1"), "p2": ("kitchen", "s2"), "p3": (None, "s1"),
+           "p4": ("kitchen", "s1"), "p5": ("kitchen", None), "p6": ("kitchen", "s6")}
+    images = {item_id: SAMPLE_PHOTOS[n % len(SAMPLE_PHOTOS)] for n, item_id in enumerate(stored_fields)}
+
+    def manifest(fields: dict, name: str):
+        rows = [{"item_id": i, "kind": "product", "title": "mug", "image": images[i], "category": c, "seller_id": s}
+                for i, (c, s) in fields.items()]
+        return read_manifest(write_manifest(tmp_path / name, rows), media_dir).rows
+
+    store = ItemStore(str(tmp_path / "db"))
+    table = store.items(64, load_policy().names)
+    first = manifest(stored_fields, "first.csv")
+    batch = {name: np.array(first[name].to_pylist(), dtype=object) for name in first.column_names}
+    sha = {i: hashlib.sha256(Path(uri).read_bytes()).hexdigest() for i, uri in zip(batch["item_id"], batch["media_uri"])}
+    n = len(batch["item_id"])
+    batch |= {"media_sha256": np.array([sha[i] for i in batch["item_id"]], dtype=object), "note": np.full(n, None, dtype=object),
+              "vector": np.full((n, 64), 0.125, np.float32), "text_vector": np.full((n, 64), 0.125, np.float32),
+              "model": np.full(n, "m", dtype=object)}
+    store.upsert(table, item_rows(batch, table.schema))
+    assert {r["item_id"]: (r["category"], r["seller_id"]) for r in table.to_arrow().to_pylist()} == stored_fields
+
+    known = {r["item_id"]: r for r in store.mark_unchanged(table, manifest(now, "now.csv"), "m").to_pylist()}
+    assert {i: r["known_sha256"] for i, r in known.items()} == {
+        "p0": sha["p0"], "p1": None, "p2": None, "p3": None, "p4": None, "p5": sha["p5"], "p6": None,
+    }
+    assert {i: r["known_status"] for i, r in known.items()} == {i: "ok" if i in ("p0", "p5") else None for i in now}
+    # The same fields again: every item is unchanged.
+    again = store.mark_unchanged(table, manifest(stored_fields, "again.csv"), "m").to_pylist()
+    assert {r["item_id"]: r["known_sha256"] for r in again} == sha
+
+
+def test_a_re_run_rewrites_the_items_whose_category_or_seller_changed(tmp_path, media_dir):
+    """The same through the ingest's stages (run in this process): the changed rows are written
+    again with their new fields, the unchanged one is not touched."""
+    from conftest import ingest_in_process
+
+    def run(fields: dict) -> dict[str, dict]:
+        rows = [{"item_id": i, "kind": "product", "title": "mug", "image": image, "category": c, "seller_id": s}
+                for i, (image, c, s) in fields.items()]
+        ingest_in_process(write_manifest(tmp_path / "catalog.csv", rows), str(tmp_path / "db"), PIXEL_POLICY, media_dir)
+        return rows_by_id(str(tmp_path / "db"))
+
+    before = run({"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "kitchen", "s1"),
+                  "sold-on": ("rocket.jpg", "toys", "s1")})
+    after = run({"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "posters", "s1"),
+                 "sold-on": ("rocket.jpg", "toys", "s2")})
+    assert after["same"] == before["same"]
+    assert (after["moved"]["category"], after["sold-on"]["seller_id"]) == ("posters", "s2")
+    for item_id in ("moved", "sold-on"):
+        assert after[item_id]["updated_at"] > before[item_id]["updated_at"] and after[item_id]["status"] == "ok"
+        np.testing.assert_allclose(after[item_id]["vector"], before[item_id]["vector"], atol=1e-6)
+
+
+@ray_job
 def test_a_table_of_another_dimension_is_refused(tmp_path, media_dir):
     db = str(tmp_path / "db")
     lancedb.connect(db).create_table(ITEMS, data=[{"item_id": "x", "vector": [0.0] * 8}])
@@ -167,6 +240,7 @@ def test_a_table_of_another_dimension_is_refused(tmp_path, media_dir):
         ingest(config(manifest, db))
 
 
+@ray_job
 def test_an_empty_manifest_is_an_empty_job(tmp_path, media_dir):
     manifest = media_dir / "empty.csv"
     manifest.write_text("item_id,kind,image\n")
@@ -175,6 +249,7 @@ def test_an_empty_manifest_is_an_empty_job(tmp_path, media_dir):
     assert lancedb.connect(str(tmp_path / "db")).open_table(ITEMS).count_rows() == 0
 
 
+@ray_job
 def test_device_decoding_a_catalog_of_jpegs_only(tmp_path):
     """Every row of a block left to the device: through Arrow and Ray its frames column comes
     back as one [N, 0, S, S, 3] array, which the embed stage must still fill row by row."""
@@ -188,6 +263,7 @@ def test_device_decoding_a_catalog_of_jpegs_only(tmp_path):
         assert row["vector"] is not None and row["pdq"] is not None and row["pdq_quality"] > 50, row["item_id"]
 
 
+@ray_job
 def test_device_decoding_gives_the_cpu_paths_rows(ingested, catalog, tmp_path):
     """The embed stage's own JPEG decoding (nvJPEG on a GPU; torchvision's CPU decoder here, the
     same code) against the decode stage's: the same vectors within fp tolerance, the same errors."""

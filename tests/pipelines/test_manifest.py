@@ -1,7 +1,8 @@
 import logging
+import shutil
 
 import pytest
-from conftest import write_manifest
+from conftest import photo_bytes, write_manifest
 
 from pipelines.manifest import ManifestError, read_manifest
 
@@ -88,3 +89,51 @@ def test_rows_without_a_usable_key_are_rejected_and_reported(tmp_path, media_dir
         {"row": 2, "item_id": None, "error": "row has no item_id"},
         {"row": 3, "item_id": "00123", "error": "duplicate item_id: the first row with it was kept"},
     ]
+
+
+def test_a_sibling_folder_whose_name_starts_with_the_roots_is_outside_it(tmp_path, media_dir):
+    """`media-evil` starts with `media`: a root check by string prefix would let it through."""
+    evil = tmp_path / "media-evil"
+    evil.mkdir()
+    (evil / "x.jpg").write_bytes(photo_bytes())
+    (media_dir / "to-sibling.jpg").symlink_to(evil / "x.jpg")
+    rows = [
+        {"item_id": "sibling", "kind": "product", "image": "../media-evil/x.jpg"},
+        {"item_id": "sibling-absolute", "kind": "product", "image": str(evil / "x.jpg")},
+        {"item_id": "sibling-uri", "kind": "product", "image": (evil / "x.jpg").as_uri()},
+        {"item_id": "sibling-link", "kind": "product", "image": "to-sibling.jpg"},
+        {"item_id": "inside", "kind": "product", "image": "coffee.png"},
+    ]
+    got = {r["item_id"]: r for r in read_manifest(write_manifest(tmp_path / "m.csv", rows), media_dir).rows.to_pylist()}
+    for item_id in ("sibling", "sibling-absolute", "sibling-uri", "sibling-link"):
+        assert got[item_id]["status"] == "error" and "outside the media root" in got[item_id]["error"], got[item_id]
+    assert got["inside"]["status"] == "ok" and got["inside"]["media_uri"] == str(media_dir / "coffee.png")
+
+
+def test_file_uris_are_held_to_the_media_root(tmp_path, media_dir):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(photo_bytes())
+    (media_dir / "sub").mkdir()
+    shutil.copyfile(media_dir / "coffee.png", media_dir / "sub" / "cup.png")
+    refused = {
+        "outside": secret.as_uri(),
+        "system": "file:///etc/passwd",
+        "localhost": "file://localhost" + str(secret),
+        "dot-dot": media_dir.as_uri() + "/../secret.jpg",
+        "encoded-dot-dot": media_dir.as_uri() + "/%2E%2E/secret.jpg",
+        "root-itself-parent": media_dir.parent.as_uri(),
+    }
+    accepted = {
+        "inside": ((media_dir / "coffee.png").as_uri(), media_dir / "coffee.png"),
+        "inside-localhost": ("file://localhost" + str(media_dir / "coffee.png"), media_dir / "coffee.png"),
+        "inside-sub": ((media_dir / "sub" / "cup.png").as_uri(), media_dir / "sub" / "cup.png"),
+        "inside-dot-dot": (media_dir.as_uri() + "/sub/../sub/cup.png", media_dir / "sub" / "cup.png"),
+    }
+    rows = [{"item_id": k, "kind": "product", "image": v} for k, v in refused.items()]
+    rows += [{"item_id": k, "kind": "product", "image": uri} for k, (uri, _) in accepted.items()]
+    got = {r["item_id"]: r for r in read_manifest(write_manifest(tmp_path / "m.csv", rows), media_dir).rows.to_pylist()}
+    for item_id, uri in refused.items():
+        assert got[item_id]["status"] == "error" and "outside the media root" in got[item_id]["error"], got[item_id]
+        assert got[item_id]["media_uri"] == uri  # the row keeps what it said, never a resolved path
+    for item_id, (_, path) in accepted.items():
+        assert (got[item_id]["status"], got[item_id]["media_uri"]) == ("ok", str(path)), got[item_id]

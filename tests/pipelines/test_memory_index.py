@@ -29,9 +29,18 @@ def with_failed_rows(rows: pa.Table, every: int) -> pa.Table:
     return rows.set_column(rows.schema.get_field_index("status"), "status", pc.if_else(failed, "error", rows["status"]))
 
 
+def with_risks(rows: pa.Table) -> pa.Table:
+    """Risks spread over [0, 0.99] in steps of 0.01 (float32, as stored: 0.3 is float32(0.3)),
+    null where the item is unscored or failed to ingest."""
+    numbers = np.arange(rows.num_rows)
+    risks = ((numbers * 37 + 1) % 100 / 100).astype(np.float32)
+    unscored = np.array([d == "unscored" for d in rows["decision"].to_pylist()]) | np.array([s != "ok" for s in rows["status"].to_pylist()])
+    return rows.set_column(rows.schema.get_field_index("risk"), "risk", pa.array(risks, pa.float32(), mask=unscored))
+
+
 def fragmented_table(db: str, vectors: np.ndarray, every: int):
     """Two writes (two fragments), rows deleted from the first, failed rows among the rest."""
-    rows = with_failed_rows(synthetic_items(vectors, moderated=True), every)
+    rows = with_risks(with_failed_rows(synthetic_items(vectors, moderated=True), every))
     half = len(vectors) // 2
     table = lancedb.connect(db).create_table(ITEMS, rows.slice(0, half), on_bad_vectors="null")  # as the store writes them
     table.add(rows.slice(half), on_bad_vectors="null")
@@ -56,17 +65,40 @@ def test_in_memory_hits_equal_lance_exact_search_with_deleted_and_failed_rows_be
     assert warm.nearest(np.zeros(DIM), 10, SearchFilters()) == lance.nearest(np.zeros(DIM), 10, SearchFilters()) == []
 
 
-def test_filter_bitmaps_hold_the_rows_a_lance_scan_keeps(tmp_db):
+def allowed_by_hand(rows: list[dict], filters: SearchFilters, column: str) -> set[str]:
+    """The rows a filter lets through, by the README's rules in plain Python (not by the filter's
+    own expression): ingested rows with a vector in `column`, of the kind, category and seller
+    asked for, blocked and unscored ones only when asked for, and under `max_risk` only rows with
+    a risk at or below it, compared in float32 as stored (a null risk never passes)."""
+    hidden = {d for d, shown in (("block", filters.include_blocked), ("unscored", filters.include_unscored)) if not shown}
+    limit = None if filters.max_risk is None else float(np.float32(filters.max_risk))
+    return {
+        r["item_id"] for r in rows
+        if r["status"] == "ok" and r[column] is not None and r["decision"] not in hidden
+        and all(getattr(filters, name) is None or getattr(filters, name) == r[name] for name in ("kind", "category", "seller_id"))
+        and (limit is None or (r["risk"] is not None and r["risk"] <= limit))
+    }
+
+
+def test_filter_bitmaps_hold_the_rows_the_filters_allow(tmp_db):
     fragmented_table(tmp_db, embedding_like(600, DIM), every=5)
     warm = Searcher(tmp_db, prewarm=True)
+    rows = lancedb.connect(tmp_db).open_table(ITEMS).to_arrow().to_pylist()
+    assert sum(r["risk"] is not None for r in rows) > 300 and any(r["risk"] == np.float32(0.3) for r in rows)
     item_ids = np.array(warm.memory.rows["item_id"].to_pylist())
-    for filters in [*FILTERS, SearchFilters(max_risk=0.5)]:
+    risk_filters = [SearchFilters(max_risk=0.5), SearchFilters(max_risk=0.3), SearchFilters(max_risk=0), SearchFilters(max_risk=1),
+                    SearchFilters(include_unscored=True), SearchFilters(max_risk=0.3, include_unscored=True, include_blocked=True),
+                    SearchFilters(kind="product", max_risk=0.6, include_blocked=True)]
+    for filters in [*FILTERS, *risk_filters]:
         for column in ("vector", "text_vector"):
             allowed = warm.memory.bitmaps.allowed(filters, column)
             found = set(item_ids[np.unpackbits(allowed.bitmap, bitorder="little")[: len(item_ids)].astype(bool)])
-            kept = warm.dataset.to_table(columns=["item_id", column], filter=filters.expression("arrow"))
-            assert found == set(kept.filter(pc.is_valid(kept[column]))["item_id"].to_pylist())
+            assert found == allowed_by_hand(rows, filters, column), (filters, column)
             assert allowed.count == len(found)
+    # The cases are not empty, and a limit keeps exactly the rows at it.
+    assert len(allowed_by_hand(rows, SearchFilters(max_risk=0), "vector")) > 0
+    at_limit = {r["item_id"] for r in rows if r["risk"] == np.float32(0.3) and r["decision"] in ("allow", "review") and r["vector"]}
+    assert at_limit and at_limit <= allowed_by_hand(rows, SearchFilters(max_risk=0.3), "vector")
 
 
 @pytest.fixture(scope="module")

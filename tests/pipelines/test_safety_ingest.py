@@ -8,7 +8,7 @@ import lancedb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import MICRO, sample_photo, sample_video, write_manifest
+from conftest import MICRO, ray_job, sample_photo, sample_video, write_manifest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -16,7 +16,6 @@ from pipelines.store import FRAMES, ITEMS
 from safety.features import FEATURE_SCHEMA_VERSION
 from safety.policy import load_policy
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 
 
@@ -72,6 +71,7 @@ def scored(tmp_path_factory):
     return root, db, bank["entries"][0], items
 
 
+@ray_job
 def test_copies_of_banked_media_are_blocked_naming_the_entry(scored):
     _, _, entry, items = scored
     for item_id in ("copy-resized", "copy-cropped"):
@@ -80,6 +80,7 @@ def test_copies_of_banked_media_are_blocked_naming_the_entry(scored):
     assert items["cup"]["hash_match"] is None and items["cat"]["hash_match"] is None
 
 
+@ray_job
 def test_every_item_is_scored_or_unscored_never_silently_safe(scored):
     _, _, _, items = scored
     policy = load_policy()
@@ -93,6 +94,7 @@ def test_every_item_is_scored_or_unscored_never_silently_safe(scored):
         assert row["decision"] in ("allow", "review", "block") and row["safety_error"] is None
 
 
+@ray_job
 def test_video_frames_carry_risks_and_the_item_the_worst_frames_time(scored):
     _, db, _, items = scored
     frames = lancedb.connect(db).open_table(FRAMES).to_arrow().to_pylist()
@@ -105,6 +107,7 @@ def test_video_frames_carry_risks_and_the_item_the_worst_frames_time(scored):
     assert 0 <= video["frames_over_review"] <= 4 and 0 <= video["evidence_timestamp_s"] <= 10.0
 
 
+@ray_job
 def test_features_export_is_one_finite_row_per_item(scored):
     root, _, entry, items = scored
     table = pq.read_table(root / "features.parquet")
@@ -115,10 +118,12 @@ def test_features_export_is_one_finite_row_per_item(scored):
     assert set(table.column_names) == expected
     rows = {r["item_id"]: r for r in table.to_pylist()}
     assert set(rows) == set(items) and table.num_rows == len(items)
-    for item_id, row in rows.items():
+    for row in rows.values():
         assert row["feature_schema_version"] == FEATURE_SCHEMA_VERSION and row["event_timestamp"] is not None
-        if row["decision"] != "unscored":
-            assert all(np.isfinite(row[f"risk_{c}"]) for c in policy.names)
+    risks = ["risk", "risk_topk_mean", *(f"risk_{c}" for c in policy.names)]
+    assert {i for i, row in rows.items() if row["decision"] == "unscored"} == {"broken"}
+    assert all(rows["broken"][r] is None for r in risks)  # null, never 0
+    assert all(row[r] is not None and np.isfinite(row[r]) for i, row in rows.items() if i != "broken" for r in risks)
     assert rows["copy-resized"]["hash_matched"] and rows["copy-resized"]["hash_match"] == entry
     assert not rows["cup"]["hash_matched"]
 
@@ -126,3 +131,20 @@ def test_features_export_is_one_finite_row_per_item(scored):
 def test_features_export_of_a_missing_table_is_a_usage_error(tmp_path):
     code, out = invoke("features", "export", "--db", tmp_path / "empty", "--out", tmp_path / "f.parquet")
     assert code == 2 and "run `shoplens ingest` first" in out["error"]
+
+
+def test_features_export_writes_null_never_0_for_unscored_items(rescored_db, tmp_path):
+    """Without Ray: items that are `unscored` although they were ingested (their stored outputs
+    lack a pixel model the policy uses), an item that failed, and scored items around them."""
+    code, export = invoke("features", "export", "--db", rescored_db, "--out", tmp_path / "features.parquet")
+    assert code == 0 and export["rows"] == 5
+    rows = {r["item_id"]: r for r in pq.read_table(tmp_path / "features.parquet").to_pylist()}
+    risks = ["risk", "risk_topk_mean", "risk_sexual", "risk_violence"]
+    assert {i: r["decision"] for i, r in rows.items()} == {"coffee": "allow", "astronaut": "unscored", "chelsea": "unscored",
+                                                           "broken": "unscored", "rocket": "allow"}
+    for item_id in ("astronaut", "chelsea", "broken"):
+        assert {r: rows[item_id][r] for r in risks} == dict.fromkeys(risks), item_id
+        assert rows[item_id]["frames_over_review"] is None and not rows[item_id]["hash_matched"]
+    for item_id in ("coffee", "rocket"):
+        assert all(0 < rows[item_id][r] < 1 for r in risks), rows[item_id]
+        assert rows[item_id]["frames_over_review"] == 0

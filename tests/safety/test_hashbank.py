@@ -4,14 +4,14 @@ import io
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTOS, sample_photo
+from conftest import SAMPLE_PHOTOS, flip_bits, sample_photo
 
 from encoders.media import load_image
 from encoders.phash import hamming, hash_bytes, pdq_hash
 from safety.hashbank import HashBank
-from safety.policy import HashBankPolicy
+from safety.policy import load_policy
 
-RULES = HashBankPolicy()  # distance <= 31, quality >= 50
+RULES = load_policy().hash_bank  # the shipped policy's: distance <= 31, quality >= 50
 
 
 def hashed(data: bytes) -> tuple[str, int]:
@@ -66,3 +66,37 @@ def test_missing_or_featureless_hashes_never_match():
     found, _ = bank.match([flat, None], np.array([quality, -1]), RULES)  # identical hash, but no quality
     assert found.tolist() == [-1, -1]
     assert HashBank().match([flat], np.array([100]), RULES)[0].tolist() == [-1]  # an empty bank
+
+
+def test_the_shipped_rules_are_31_bits_and_quality_50():
+    assert (RULES.max_distance, RULES.min_quality) == (31, 50)
+
+
+def test_a_hash_matches_at_distance_31_and_not_at_32():
+    original, quality = hashed(sample_photo("coffee.png").read_bytes())
+    assert quality >= 50
+    at = {bits: flip_bits(original, bits) for bits in (0, 1, 30, 31, 32, 33, 64)}
+    assert {bits: int(hamming(hash_bytes([original]), hash_bytes([h]))[0, 0]) for bits, h in at.items()} == {b: b for b in at}
+    bank = HashBank(["entry-1"], ["violence"], [original])
+    order = [32, 31, 33, 30, 64, 1, 0]  # the boundary pair first: no match may be taken from a neighbour
+    found, distance = bank.match([at[b] for b in order], np.full(len(order), 100), RULES)
+    assert dict(zip(order, found.tolist())) == {32: -1, 31: 0, 33: -1, 30: 0, 64: -1, 1: 0, 0: 0}
+    assert dict(zip(order, distance.tolist())) == {32: -1, 31: 31, 33: -1, 30: 30, 64: -1, 1: 1, 0: 0}
+
+
+def test_the_nearest_entry_within_31_is_the_match():
+    original, _ = hashed(sample_photo("coffee.png").read_bytes())
+    bank = HashBank(["far", "near", "too-far"], ["violence"] * 3, [flip_bits(original, 31), flip_bits(original, 12, offset=3), flip_bits(original, 32)])
+    found, distance = bank.match([original, flip_bits(original, 32, offset=5)], np.array([90, 90]), RULES)
+    assert found.tolist()[0] == 1 and distance.tolist()[0] == 12
+    # 32 bits from the original, and more than 31 from each entry: nothing.
+    assert found.tolist()[1] == -1
+
+
+def test_quality_49_never_matches_and_50_does():
+    original, _ = hashed(sample_photo("coffee.png").read_bytes())
+    bank = HashBank(["entry-1"], ["violence"], [original])
+    qualities = np.array([49, 50, 0, 100, 51, 49])
+    found, distance = bank.match([original, original, original, original, flip_bits(original, 31), flip_bits(original, 1)], qualities, RULES)
+    assert found.tolist() == [-1, 0, -1, 0, 0, -1]
+    assert distance.tolist() == [-1, 0, -1, 0, 31, -1]

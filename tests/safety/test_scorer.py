@@ -1,9 +1,11 @@
 """The scoring stage on real decoded media: aggregation, the hash bank, failures as data."""
 
+import json
+
 import numpy as np
 import pytest
 import yaml
-from conftest import sample_photo
+from conftest import flip_bits, sample_photo
 
 from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK
@@ -65,11 +67,65 @@ def test_items_that_failed_to_ingest_are_unscored(decoded, micro_encoder):
     assert out["decision"][1] == UNSCORED and np.isnan(out["risk"][1])
 
 
-def test_a_bank_match_blocks_and_names_the_entry(decoded, micro_encoder):
-    bank = HashBank(["known-1"], ["weapons"], [decoded["pdq"][2][0]])
-    out = SafetyScorer(load_policy(), micro_encoder.encode_texts, micro_encoder.provenance, bank, num_threads=1)(decoded)
-    assert out["decision"][2] == BLOCK and out["hash_match"][2] == "known-1" and out["risk_weapons"][2] == 1.0
-    assert out["hash_match"][0] is None and out["hash_match"][1] is None
+def test_a_bank_match_blocks_its_item_only_and_names_the_entry(decoded, micro_encoder):
+    """The first item of three is 20 bits from a bank entry; the second is 32 bits from another
+    (too far): only the first is blocked, and the others decide as without a bank."""
+    policy = load_policy()
+    unbanked = SafetyScorer(policy, micro_encoder.encode_texts, micro_encoder.provenance, num_threads=1)(decoded)
+    bank = HashBank(["known-1", "known-2"], ["weapons", "sexual"],
+                    [flip_bits(decoded["pdq"][0][0], 20), flip_bits(decoded["pdq"][1][0], 32)])
+    out = SafetyScorer(policy, micro_encoder.encode_texts, micro_encoder.provenance, bank, num_threads=1)(decoded)
+    assert out["decision"][0] == BLOCK and out["hash_match"][0] == "known-1" and out["risk_weapons"][0] == 1.0
+    assert list(out["frame_hash_match"][0]) == ["known-1"] and out["frame_risks"][0][0, policy.names.index("weapons")] == 1.0
+    assert list(out["hash_match"][1:]) == [None, None] and [list(m) for m in out["frame_hash_match"][1:]] == [[None], [None]]
+    assert list(out["decision"][1:]) == list(unbanked["decision"][1:])
+    for c in policy.names:
+        np.testing.assert_array_equal(out[f"risk_{c}"][1:], unbanked[f"risk_{c}"][1:])
+        if c != "weapons":
+            assert out[f"risk_{c}"][0] == unbanked[f"risk_{c}"][0]  # the match certain for its own category only
+
+
+class Poisoned:
+    """A real pixel model whose outputs for the frames showing `target` are replaced by `value`
+    (all outputs, or only output number `output`): a model that returns NaN or inf for one picture."""
+
+    def __init__(self, model, target: np.ndarray, value: float, output: int | None = None):
+        self.model, self.target, self.value, self.output = model, target, value, output
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        out = np.array(self.model(frames), np.float32)
+        shows_target = np.all(frames == self.target, axis=(1, 2, 3))
+        out[shows_target, slice(None) if self.output is None else self.output] = self.value
+        return out
+
+
+@pytest.fixture(scope="module")
+def default_scorer(micro_encoder):
+    return SafetyScorer(load_policy(), micro_encoder.encode_texts, micro_encoder.provenance, num_threads=1)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("model, output", [("open_nsfw", None), ("image_safety_s", 0)], ids=["open_nsfw", "image_safety_s-nsfl"])
+def test_a_non_finite_pixel_score_leaves_its_item_unscored_and_no_other(decoded, default_scorer, monkeypatch, model, output, value):
+    policy = default_scorer.policy
+    clean = default_scorer(decoded)
+    signal = next(s for s in default_scorer.frame_signals if s.name == model)
+    monkeypatch.setattr(signal, "fn", Poisoned(signal.fn, decoded["pixels"][0][0], value, output))  # the first item of three
+    out = default_scorer(decoded)
+
+    assert out["decision"][0] == UNSCORED and out["safety_error"][0] == f"safety signal {model} gave no finite score"
+    assert np.isnan(out["risk"][0]) and all(np.isnan(out[f"risk_{c}"][0]) for c in policy.names)
+    assert np.isnan(out["risk_topk_mean"][0]) and out["frames_over_review"][0] == -1 and out["hash_match"][0] is None
+    assert np.isnan(out["frame_risks"][0]).all()
+    stored = json.loads(out["signal_scores"][0])[model]
+    assert list(stored.values())[output or 0] is None  # kept as null, never as a number
+    # The other items: exactly as without the bad score.
+    assert list(out["decision"][1:]) == list(clean["decision"][1:]) and list(out["safety_error"][1:]) == [None, None]
+    for key in ("risk", "risk_topk_mean", *(f"risk_{c}" for c in policy.names)):
+        np.testing.assert_array_equal(out[key][1:], clean[key][1:])
+    for i in (1, 2):
+        np.testing.assert_array_equal(out["frame_risks"][i], clean["frame_risks"][i])
+        assert out["signal_scores"][i] == clean["signal_scores"][i]
 
 
 def test_frames_aggregate_into_their_video(tmp_path):
@@ -96,3 +152,40 @@ def test_frames_aggregate_into_their_video(tmp_path):
     assert out["risk"][0] == pytest.approx(0.9) and out["risk_topk_mean"][0] == pytest.approx(0.7)
     assert out["frames_over_review"][0] == 2 and out["evidence_timestamp_s"][0] == 2.5
     assert out["decision"][0] == REVIEW
+
+
+def test_each_item_aggregates_its_own_frames_only(tmp_path):
+    """Hand-made heads give each basis vector a known `weapons` risk (e0 0.2, e1 0.9, e2 0.5,
+    e3 0.1); a batch of two videos around a failed item and a product: no frame counts for an
+    item it is not part of."""
+    dim = 4
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    heads = EmbeddingHeads(["weapons"], np.array([[logit(0.2), logit(0.9), logit(0.5), logit(0.1)]]), np.zeros(1), "hand-made")
+    heads.save(tmp_path / "heads.npz")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump({
+        "version": "agg-2", "heads": "heads.npz", "aggregation": {"top_k": 2},
+        "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a product"]},
+        "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]}},
+    }))
+    scorer = SafetyScorer(load_policy(policy_file), lambda texts: np.eye(dim)[: len(texts)], "hand-made")
+    e = np.eye(dim, dtype=np.float32)
+    frames = [e[[1, 0]], np.zeros((0, dim), np.float32), e[[3]], e[[2, 3, 0]]]
+    times = [[1.0, 2.0], [], [0.0], [0.5, 1.5, 2.5]]
+    n = len(frames)
+    batch = {
+        "status": objects([OK, ERROR, OK, OK]), "kind": objects(["video", "product", "product", "live"]), "title": objects([None] * n),
+        "frame_vectors": objects(frames), "text_vector": np.zeros((n, dim), np.float32),
+        "pixels": objects([np.zeros((len(f), 8, 8, 3), np.uint8) for f in frames]),
+        "pdq": objects([objects([None] * len(f)) for f in frames]), "pdq_quality": objects([np.full(len(f), -1) for f in frames]),
+        "timestamp_s": objects([np.array(t, np.float32) for t in times]),
+    }
+    out = scorer(batch)
+    for i, expected in {0: [0.9, 0.2], 2: [0.1], 3: [0.5, 0.1, 0.2]}.items():
+        np.testing.assert_allclose(out["frame_risks"][i][:, 0], expected, rtol=1e-5)
+    assert out["frame_risks"][1] is None
+    np.testing.assert_allclose(out["risk"], [0.9, np.nan, 0.1, 0.5], rtol=1e-5)
+    np.testing.assert_allclose(out["risk_topk_mean"], [0.55, np.nan, 0.1, 0.35], rtol=1e-5)
+    assert list(out["frames_over_review"]) == [1, -1, 0, 1]
+    np.testing.assert_array_equal(out["evidence_timestamp_s"], [1.0, np.nan, np.nan, 0.5])
+    assert list(out["decision"]) == [REVIEW, UNSCORED, "allow", REVIEW]
