@@ -109,9 +109,10 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -
     policy, heads = store.policy(config.policy)
     if heads is not None and heads.model != source.provenance:
         raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {source.provenance}")
-    if config.policy is not None:
-        store.remember_policy(policy, heads)
     table = store.items(source.embed_dim, policy.names)
+    if config.policy is not None and store.remember_policy(policy, heads) and table.count_rows():
+        log.warning("the database's policy is now %s: items skipped as unchanged keep their earlier decisions "
+                    "until `shoplens safety rescore --db %s`", policy.version, config.db)
     frames_table = store.frames(source.embed_dim, policy.names)
     bank = store.hash_bank()
     summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))

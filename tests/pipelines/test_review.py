@@ -1,6 +1,7 @@
 """The review loop on a real ingested catalog: export for Label Studio, decisions back in,
 calibration, rescoring."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -374,3 +375,35 @@ def test_rescore_leaves_items_unscored_whose_stored_outputs_lack_a_pixel_model(r
         stored = json.loads(row["signal_scores"])
         assert row["risk_violence"] == pytest.approx(stored["image_safety_s"]["nsfl"], abs=1e-6)
     assert items["broken"]["status"] == "error" and items["broken"]["decision"] == "unscored"
+
+
+def test_review_csv_cells_are_never_spreadsheet_formulas(queue_db, tmp_path):
+    db, _, items = queue_db
+    code, summary, _ = exported(db, tmp_path / "q")
+    assert code == 0 and summary["queued"] > 0
+    with (tmp_path / "q" / "review.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    titles = {r["item_id"]: r["title"] for r in rows}
+    formulas = [i for i in titles if items[i]["title"].startswith("=")]
+    assert formulas, "the queue holds titles that start with '='"
+    assert all(titles[i] == "'" + items[i]["title"] for i in formulas)
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
+    assert pq.read_table(tmp_path / "q" / "review.parquet")["title"].to_pylist() == [items[r["item_id"]]["title"] for r in rows]
+
+
+@pytest.mark.parametrize(("cell", "safe"), [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1+1", "'+1+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+    ("\t=1", "'=1"), ("\r\n=cmd", "'=cmd"), ("Red\x00 shoe\x1b", "Red shoe"), ("plain", "plain"), (0.5, 0.5), (None, None),
+])
+def test_spreadsheet_safe_cells(cell, safe):
+    from pipelines.review import spreadsheet_safe
+
+    assert spreadsheet_safe(cell) == safe
+
+
+def test_the_queue_holds_ingested_items_no_signal_could_score_first(rescored_db, tmp_path):
+    code, summary, tasks = exported(rescored_db, tmp_path / "q")
+    assert code == 0
+    queued = [t["data"]["item_id"] for t in tasks]
+    assert queued[:2] == ["astronaut", "chelsea"] and summary["unscored"] == 2  # ok, but unscored: first
+    assert "broken" not in queued  # failed to ingest: in the ingest's errors, nothing to review

@@ -189,3 +189,15 @@ def test_each_item_aggregates_its_own_frames_only(tmp_path):
     assert list(out["frames_over_review"]) == [1, -1, 0, 1]
     np.testing.assert_array_equal(out["evidence_timestamp_s"], [1.0, np.nan, np.nan, 0.5])
     assert list(out["decision"]) == [REVIEW, UNSCORED, "allow", REVIEW]
+
+
+def test_a_bank_match_blocks_even_when_a_signal_failed(decoded, micro_encoder):
+    """Known-violating media is blocked whatever else failed: never `unscored`, never served."""
+    batch = dict(decoded)
+    batch["pixels"] = objects(list(decoded["pixels"]))
+    batch["pixels"][1] = np.zeros((1, 0, 0, 3), np.uint8)  # a frame the pixel models cannot take
+    bank = HashBank(["known"], ["sexual"], [flip_bits(decoded["pdq"][1][0], 10)])
+    out = SafetyScorer(load_policy(), micro_encoder.encode_texts, micro_encoder.provenance, bank, num_threads=1)(batch)
+    assert (out["decision"][1], out["hash_match"][1]) == (BLOCK, "known")
+    assert "safety signal open_nsfw failed" in out["safety_error"][1]  # why the other signals say nothing
+    assert list(out["hash_match"][[0, 2]]) == [None, None] and UNSCORED not in out["decision"][[0, 2]]
