@@ -61,10 +61,10 @@ def ingest(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     device_decode: str = typer.Option("auto", help="Decode JPEGs on the embedding device (nvJPEG): auto (on GPUs), on, off."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
-    media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against [default: the manifest's]."),
+    media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against (default: the manifest's folder)."),
     policy: Path = typer.Option(None, help="Safety policy file (YAML); it becomes the database's policy "
                                 "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
-    ray_address: str = typer.Option(None, help="Ray cluster to join [default: a running one, else a local one]."),
+    ray_address: str = typer.Option(None, help="Ray cluster to join (default: a running one, else a local one)."),
 ) -> None:
     """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
     from pipelines.ingest import IngestConfig, ingest as run_ingest
@@ -74,7 +74,11 @@ def ingest(
 
     def job() -> dict:
         with progress_bar(None, "ingest") as bar:
-            return run_ingest(config, on_rows=bar.update).to_dict()
+            def total(rows: int) -> None:
+                bar.total = rows
+                bar.refresh()
+
+            return run_ingest(config, on_rows=bar.update, on_total=total).to_dict()
 
     run_job(job)
 
@@ -97,8 +101,8 @@ def search(
     hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
     nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
     refine_factor: int = typer.Option(None, help="Re-rank refine-factor x k ANN candidates by their full vectors "
-                                      "[default: 5 on an IVF_PQ index, 1 on the others]; 0: never, scores approximate."),
-    pretrained: str = typer.Option(None, help="Weights to embed the query [default: the table's own]."),
+                                      "(default: 5 on an IVF_PQ index, 1 on the others); 0: never, scores approximate."),
+    pretrained: str = typer.Option(None, help="Weights to embed the query (default: the table's own)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
 ) -> None:

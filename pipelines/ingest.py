@@ -92,11 +92,15 @@ class IngestSummary:
         return asdict(self)
 
 
-def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None) -> IngestSummary:
+def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
+           on_total: Callable[[int], None] | None = None) -> IngestSummary:
     """Runs one ingest. Raises ManifestError/WeightsError/StoreError for unusable input (exit 2);
-    per-item problems are recorded in rows and counted in the summary."""
+    per-item problems are recorded in rows and counted in the summary. `on_total` hears how many
+    rows the manifest holds, `on_rows` how many more are done."""
     started = time.perf_counter()
     manifest = read_manifest(config.manifest, config.media_root, config.frames)
+    if on_total:
+        on_total(manifest.rows.num_rows)
     if config.policy is not None:
         load_policy_and_heads(config.policy)  # a bad policy or heads file: exit 2 before Ray starts
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts

@@ -115,3 +115,11 @@ def test_exit_code_1_when_the_job_itself_fails(tmp_path):
         summary = last_json(result.stdout)
         assert summary["exit_code"] == 1 and "Not found" in summary["error"], summary
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()  # whole or not at all
+
+
+def test_ingest_help_shows_every_default_in_words():
+    result = CliRunner().invoke(app, ["ingest", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    for words in ("(default: the manifest's folder)", "(default: a running one, else a local one)",
+                  "(default: the database's own: the last one given to a job or calibrated, else the shipped one)"):
+        assert words in text, words
