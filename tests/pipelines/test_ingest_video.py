@@ -108,7 +108,7 @@ def test_bad_videos_are_row_errors(ingested):
     db, summary = ingested
     items = {r["item_id"]: r for r in tables(db)[0].to_arrow().to_pylist()}
     assert items["empty"]["error"] == "empty file (0 bytes)"
-    assert items["random"]["error"].startswith("not a video OpenCV can open")
+    assert items["random"]["error"].startswith("not a video container shoplens reads")
     assert items["no-frames"]["error"] == "the video yielded no decodable frame"
     assert items["bad-spec"]["error"].startswith("frames: frame sampling must be uniform:N, fps:R or scene")
     for item_id in ("empty", "random", "no-frames", "bad-spec"):
