@@ -196,7 +196,8 @@ def open_capture(path: str):
     import cv2
 
     container(path)
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FFMPEG_OPTIONS  # read by OpenCV at each open
+    if os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") != FFMPEG_OPTIONS:  # read by OpenCV at each open
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FFMPEG_OPTIONS
     return cv2.VideoCapture(path, cv2.CAP_FFMPEG)
 
 

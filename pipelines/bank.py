@@ -68,14 +68,14 @@ def block_stored_matches(store: ItemStore, bank: HashBank, policy: Policy) -> di
     matched: dict[str, str] = {}  # item_id -> entry_id
     frame_updates = []
     if frames is not None:
-        for batch in frames.to_lance().to_batches(columns=["item_id", "frame_index", "pdq", "pdq_quality"], batch_size=SCAN_ROWS):
+        for batch in frames.to_lance().to_batches(columns=_present(frames, ["item_id", "frame_index", "pdq", "pdq_quality"]), batch_size=SCAN_ROWS):
             entry = _matches(bank, batch, policy)
             for k in np.flatnonzero(entry >= 0):
                 item_id = batch["item_id"][k].as_py()
                 matched.setdefault(item_id, bank.entry_ids[entry[k]])
                 frame_updates.append((item_id, batch["frame_index"][k].as_py(), bank.entry_ids[entry[k]], bank.categories[entry[k]]))
     if items is not None:
-        for batch in items.to_lance().to_batches(columns=["item_id", "pdq", "pdq_quality"], batch_size=SCAN_ROWS):
+        for batch in items.to_lance().to_batches(columns=_present(items, ["item_id", "pdq", "pdq_quality"]), batch_size=SCAN_ROWS):
             entry = _matches(bank, batch, policy)
             for k in np.flatnonzero(entry >= 0):
                 matched.setdefault(batch["item_id"][k].as_py(), bank.entry_ids[entry[k]])
@@ -89,7 +89,13 @@ def block_stored_matches(store: ItemStore, bank: HashBank, policy: Policy) -> di
     return {"items": len(matched), "frames": len(frame_updates)}
 
 
+def _present(table, columns: list[str]) -> list[str]:
+    return [c for c in columns if c in table.schema.names]
+
+
 def _matches(bank: HashBank, batch, policy: Policy) -> np.ndarray:
+    if "pdq" not in batch.schema.names:  # a table from before fingerprinting: no hash to match
+        return np.full(batch.num_rows, -1)
     hashes = batch["pdq"].to_pylist()
     qualities = np.array([-1 if q is None else q for q in batch["pdq_quality"].to_pylist()], np.int64)
     return bank.match(hashes, qualities, policy.hash_bank)[0]

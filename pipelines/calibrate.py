@@ -15,7 +15,6 @@ from safety.calibration import (
     MIN_VIOLATING_FOR_HEAD, Figures, category_signals, fit_calibration, held_out, threshold_for_precision, too_few,
 )
 from safety.heads import train_heads
-from safety.policy import PolicyError
 
 FETCH_ROWS = 1024
 
@@ -115,8 +114,8 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
     policy, heads = store.policy(policy_path)
     searcher = Searcher(db, pretrained=pretrained, device=device)  # the table's own model, checked
     encoder = searcher.encoder
-    if heads is not None and heads.model != encoder.provenance:
-        raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {encoder.provenance}")
+    if heads is not None:
+        heads.check_fits(encoder.provenance, encoder.dim)
     if policy_path is not None:
         store.remember_policy(policy, heads)
     table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)

@@ -20,12 +20,13 @@ from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK, SKIPPED, text_or_none
 from encoders.video import DEFAULT_SAMPLING, FrameSampling
 from encoders.weights import ModelSource, resolve_weights
+from pipelines.bank import block_stored_matches
 from pipelines.manifest import read_manifest
 from pipelines.ray_data import apply_stage, cluster_resources, init_ray, plan_pools
 from pipelines.store import ItemStore, PendingWrites
 from safety.hashbank import HashBank
 from safety.heads import load_policy_and_heads
-from safety.policy import Policy, PolicyError
+from safety.policy import Policy
 from safety.stage import EmbedAndScore
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
         source = resolving.result()
     store = ItemStore(config.db)
     policy, heads = store.policy(config.policy)
-    if heads is not None and heads.model != source.provenance:
-        raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {source.provenance}")
+    if heads is not None:
+        heads.check_fits(source.provenance, source.embed_dim)
     table = store.items(source.embed_dim, policy.names)
     if config.policy is not None and store.remember_policy(policy, heads) and table.count_rows():
         log.warning("the database's policy is now %s: items skipped as unchanged keep their earlier decisions "
@@ -136,6 +137,11 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
             summary.written += pending.flush()
             last_write = time.monotonic()
     summary.written += pending.flush()
+    # Bank entries added while this job ran were matched by `bank add` against what was stored
+    # then: this job's own rows are matched against them now.
+    added = store.hash_bank().without(bank.entry_ids)
+    if added.entry_ids:
+        block_stored_matches(store, added, policy)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.items_per_s = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
     return summary

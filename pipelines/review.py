@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -56,6 +57,11 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     # Ingested items no signal could score are queued: they are not served, and nobody else sees them.
     decisions = [REVIEW, UNSCORED, BLOCK] if include_blocked else [REVIEW, UNSCORED]
 
+    if "decision" not in table.schema.names:
+        raise ReviewError(f"{db}: the items table holds no decisions yet: run `shoplens safety rescore --db {db}` first")
+    # A table from an earlier version lacks some columns: they are read as null.
+    present = [c for c in (*ITEM_FIELDS, *(f"risk_{c}" for c in names)) if c in table.schema.names]
+
     # The queue's order needs only ids and risks; whole rows are read a chunk at a time.
     where = col("decision").isin(decisions) & (col("status") == lit("ok"))
     keys = table.search().where(where).select(["item_id", "risk", *(f"risk_{c}" for c in names)]).limit(None).to_arrow()
@@ -84,8 +90,8 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
         tasks.write("[")
         for start in range(0, len(order), FETCH_ROWS):
             chunk = order[start : start + FETCH_ROWS]
-            fetched = table.search().where(col("item_id").isin(chunk)).select([*ITEM_FIELDS, *(f"risk_{c}" for c in names)]).limit(None).to_arrow()
-            by_id = {row["item_id"]: row for row in fetched.to_pylist()}
+            fetched = table.search().where(col("item_id").isin(chunk)).select(present).limit(None).to_arrow()
+            by_id = {row["item_id"]: dict.fromkeys(ITEM_FIELDS) | row for row in fetched.to_pylist()}
             rows = []
             for priority, item_id in enumerate(chunk, start=start + 1):
                 item = by_id[item_id]
@@ -128,13 +134,16 @@ def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:
     the video's worst frame."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", item["item_id"])[:64] + "-" + hashlib.sha256(item["item_id"].encode()).hexdigest()[:8]
     try:
+        if not item["media_uri"]:
+            raise MediaError("no media stored for this item")
         if item["kind"] == "product":
-            image = load_image(read_media(item["media_uri"], ImageLimits().max_bytes), EVIDENCE_SIDE, name=item["media_uri"])
+            image = load_image(read_media(item["media_uri"], ImageLimits().max_bytes, _folder(item["media_uri"])), EVIDENCE_SIDE,
+                               name=item["media_uri"])
         else:
             from PIL import Image
 
             seconds = item["evidence_timestamp_s"] or 0.0
-            with local_copy(item["media_uri"], MAX_VIDEO_BYTES) as (path, _):
+            with local_copy(item["media_uri"], MAX_VIDEO_BYTES, _folder(item["media_uri"])) as (path, _):
                 image = Image.fromarray(frame_at(path, seconds))
             name += f"-at-{seconds:.1f}s"
         image.thumbnail((EVIDENCE_SIDE, EVIDENCE_SIDE))
@@ -142,6 +151,12 @@ def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:
         return f"evidence/{name}.jpg", None
     except MediaError as e:
         return None, str(e)
+
+
+def _folder(media_uri: str) -> str | None:
+    """What a stored local media path must still lie in when its evidence is read: its own
+    folder, link-free as the ingest resolved it (a link swapped in since is not followed)."""
+    return None if "://" in media_uri else os.path.dirname(media_uri)
 
 
 def import_labels(db: str, path: Path) -> dict:

@@ -7,6 +7,7 @@ text is ever pasted into SQL.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class SearchFilters:
     include_unscored: bool = False  # for moderators: items no signal could score are hidden by default
 
     def __post_init__(self):
-        if self.max_risk is not None and not (isinstance(self.max_risk, (int, float)) and 0 <= self.max_risk <= 1):
+        risk = self.max_risk
+        if risk is not None and (isinstance(risk, bool) or not isinstance(risk, numbers.Real) or not 0 <= risk <= 1):
             raise SearchError(f"--max-risk must be a number in [0, 1], not {self.max_risk!r}")
 
     def expression(self, dialect: str = "lancedb"):

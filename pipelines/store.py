@@ -51,6 +51,7 @@ SAFETY_FIELDS = (
 )
 
 
+OPEN_ATTEMPTS = 3
 # Lance's unenforced primary key: a `merge_insert` on exactly these columns records the keys it
 # inserts, and two writers inserting the same key conflict (the later one retries as an update)
 # instead of both adding a row.
@@ -158,11 +159,21 @@ class ItemStore:
         )
 
     def _table(self, name: str, schema: pa.Schema):
+        """Opens (or creates) and migrates table `name`. Another job may be doing the same at the
+        same moment: a commit of its that conflicts with ours is met by opening the table again."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return self._open_and_migrate(name, schema)
+            except (OSError, RuntimeError, ValueError) as e:
+                if attempt == OPEN_ATTEMPTS - 1 or not _concurrent(e):
+                    raise
+
+    def _open_and_migrate(self, name: str, schema: pa.Schema):
         table = self.existing(name)
         if table is None:  # another job may be creating it at the same moment: then that one is opened
             table = self.db.create_table(name, schema=schema, exist_ok=True)
         table = self._with_primary_key(table, name)
-        stored, wanted = table.schema.field("vector").type, schema.field("vector").type
+        stored, wanted = (table.schema.field("vector").type, schema.field("vector").type) if "vector" in schema.names else (None, None)
         if stored != wanted:
             raise StoreError(
                 f"{self.uri}: table {name!r} holds {stored} vectors, but this model makes {wanted.list_size}-d ones; "
@@ -183,6 +194,7 @@ class ItemStore:
             return table
         if len(unmarked) < len(KEYS[name]):
             raise StoreError(f"{self.uri}: table {name!r} has a primary key other than {KEYS[name]}")
+        _drop_duplicate_keys(table, KEYS[name])
         nullable = [c for c in KEYS[name] if table.schema.field(c).nullable]
         if nullable:  # a table made from data (older labels and banks): its keys hold no null
             table.alter_columns(*({"path": c, "nullable": False} for c in nullable))
@@ -208,11 +220,8 @@ class ItemStore:
         self._create_or_upsert(LABELS, rows, ["item_id", "category"])
 
     def _create_or_upsert(self, name: str, rows: pa.Table, keys: list[str]) -> None:
-        table = self.existing(name)
-        if table is None:
-            table = self.db.create_table(name, schema=keyed(rows.schema, name), exist_ok=True)
-        table = self._with_primary_key(table, name)
         rows = rows.cast(keyed(rows.schema, name))
+        table = self._table(name, rows.schema)
         table.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
     def save_policy(self, policy, heads, report: dict) -> None:
@@ -224,10 +233,9 @@ class ItemStore:
             "heads": pa.array([heads.to_bytes() if heads else None], pa.binary()), "report": [json.dumps(report)],
         })
         table = self.existing(POLICIES)
-        if table is None:
-            self.db.create_table(POLICIES, data=row)
-        else:
-            table.add(row)
+        if table is None:  # two first jobs may create it at once: the later one opens it
+            table = self.db.create_table(POLICIES, schema=row.schema, exist_ok=True)
+        table.add(row)
 
     def policy(self, path=None):
         """(policy, heads) to score with: the file at `path`, with the heads file it names (read
@@ -357,6 +365,32 @@ class ItemStore:
             .when_not_matched_by_source_delete(of_these)
             .execute(rows.cast(keyed(rows.schema, FRAMES)))
         )
+
+
+def _drop_duplicate_keys(table, key: tuple[str, ...]) -> None:
+    """Heals a table that concurrent writers of an earlier version left with several rows for one
+    key: the most recently written (`updated_at`, else the last stored) stays, in one commit."""
+    import pyarrow.compute as pc
+
+    dataset = table.to_lance()
+    order = [c for c in ("updated_at",) if c in table.schema.names]
+    rows = dataset.to_table(columns=[*key, *order], with_row_id=True)
+    counts = rows.group_by(list(key)).aggregate([("_rowid", "count")])
+    if pc.max(counts["_rowid_count"]).as_py() in (None, 1):
+        return
+    ranked = rows.sort_by([*((c, "ascending") for c in key), *((c, "descending") for c in order), ("_rowid", "descending")])
+    keys = list(zip(*(ranked[c].to_pylist() for c in key)))
+    ids = ranked["_rowid"].to_pylist()
+    extra = [row_id for n, row_id in enumerate(ids) if n and keys[n] == keys[n - 1]]
+    for start in range(0, len(extra), 10_000):
+        dataset.delete(f"_rowid IN ({', '.join(map(str, extra[start : start + 10_000]))})")
+
+
+def _concurrent(error: Exception) -> bool:
+    """Whether `error` is another writer's commit getting in first (worth opening again)."""
+    text = str(error).lower()
+    return any(words in text for words in ("incompatible transaction", "concurrent transaction", "commit conflict",
+                                           "already exists", "retryable"))
 
 
 def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[str]) -> pa.Table:

@@ -17,6 +17,12 @@ class HashBank:
     categories: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)  # 64 hex digits each
 
+    def without(self, entry_ids: list[str]) -> HashBank:
+        """The entries not in `entry_ids` (those added since a bank was read)."""
+        known = set(entry_ids)
+        keep = [k for k, e in enumerate(self.entry_ids) if e not in known]
+        return HashBank([self.entry_ids[k] for k in keep], [self.categories[k] for k in keep], [self.hashes[k] for k in keep])
+
     def match(self, hashes: list[str | None], qualities: np.ndarray, rules: HashBankPolicy) -> tuple[np.ndarray, np.ndarray]:
         """For each hash: the index of the nearest matching entry (-1: none) and its distance.
         Hashes that are missing or of low quality never match: a flat frame matches too much."""

@@ -23,6 +23,13 @@ class EmbeddingHeads:
         """P(violating) [N, C] for embeddings [N, D]."""
         return sigmoid(np.asarray(vectors, np.float64) @ self.weights.T + self.bias).astype(np.float32)
 
+    def check_fits(self, model: str, dim: int) -> None:
+        """PolicyError unless these heads score `model`'s `dim`-d embeddings."""
+        if self.model != model:
+            raise PolicyError(f"the policy's heads were trained on {self.model} embeddings, not {model}")
+        if self.weights.shape[1] != dim:
+            raise PolicyError(f"the policy's heads take {self.weights.shape[1]}-d embeddings, not {model}'s {dim}-d ones")
+
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         np.savez(buffer, categories=np.array(self.categories), weights=self.weights, bias=self.bias, model=np.array(self.model))

@@ -9,6 +9,7 @@ label for that item: violating for those marked, not violating for the rest.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
         tasks = json.loads(text)
     except json.JSONDecodeError as e:
         raise ReviewFormatError(f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise ReviewFormatError("not a Label Studio export: JSON nested too deeply") from None
     if not isinstance(tasks, list):
         raise ReviewFormatError("a Label Studio export is a JSON list of tasks")
     labels = []
@@ -96,13 +99,12 @@ def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
         for a in annotations:
             if not isinstance(a, dict):
                 raise ReviewFormatError(f"{where}: an annotation is {type(a).__name__}, not an object")
-            for key in ("updated_at", "created_at"):
-                if a.get(key) is not None and not isinstance(a[key], str):
-                    raise ReviewFormatError(f"{where}: {key} is {a[key]!r}, not an ISO 8601 text")
+            if not isinstance(a.get("was_cancelled", False), (bool, type(None))):
+                raise ReviewFormatError(f"{where}: was_cancelled is {a['was_cancelled']!r}, not true or false")
         annotations = [a for a in annotations if not a.get("was_cancelled")]
         if not annotations:
             continue  # not reviewed yet
-        latest = max(annotations, key=lambda a: a.get("updated_at") or a.get("created_at") or "")
+        latest = max(annotations, key=lambda a: _when(a, where))
         chosen = _choices(latest, where)
         if not chosen:
             continue  # an annotation that chose nothing is no decision
@@ -111,11 +113,34 @@ def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:
             raise ReviewFormatError(f"{where}: unknown categories {sorted(unknown)}")
         if NONE_CHOICE in chosen and len(chosen) > 1:
             raise ReviewFormatError(f"{where}: `none` chosen together with {sorted(chosen - {NONE_CHOICE})}")
-        reviewer = latest.get("completed_by")
-        reviewer = str(reviewer.get("email") or reviewer.get("id")) if isinstance(reviewer, dict) else (None if reviewer is None else str(reviewer))
+        reviewer = _reviewer(latest.get("completed_by"), where)
         at = latest.get("updated_at") or latest.get("created_at")
         labels += [Label(item_id, c, c in chosen, reviewer, at) for c in categories]
     return _unique(labels)
+
+
+def _when(annotation: dict, where: str) -> dt.datetime:
+    """When an annotation was last made (`updated_at`, else `created_at`), as a UTC time (a time
+    without a zone is UTC); the earliest possible time when it says none."""
+    text = annotation.get("updated_at") or annotation.get("created_at")
+    if text is None:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if isinstance(text, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        raise ReviewFormatError(f"{where}: updated_at/created_at {text!r} is not an ISO 8601 time")
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _reviewer(who, where: str) -> str | None:
+    """Label Studio's `completed_by`: a user id, or a user object with `email` or `id`."""
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    if who is None or isinstance(who, (str, int)) and not isinstance(who, bool):
+        return None if who is None else str(who)
+    raise ReviewFormatError(f"{where}: completed_by {who!r} is not a user id or email")
 
 
 def _list(value, what: str) -> list:

@@ -83,3 +83,30 @@ def test_adding_to_the_bank_blocks_stored_matches_and_a_rerun_keeps_them_blocked
     # The same file added again is no second row.
     code, repeat = invoke("safety", "bank", "add", tmp_path / "known.png", "--category", "sexual", "--db", db, "--policy", PIXEL_POLICY)
     assert code == 0 and len(rows(db, HASH_BANK)) == 2
+
+
+def test_an_entry_added_while_an_ingest_runs_blocks_what_that_ingest_writes(tmp_path):
+    """`bank add` matches what is stored when it runs; an ingest that was embedding then matches
+    its own rows against the entries added meanwhile, after its last commit."""
+    from pipelines.bank import add_to_bank
+    from pipelines.ingest import IngestConfig, ingest
+    from safety.policy import load_policy
+
+    shutil.copyfile(sample_photo("astronaut.png"), tmp_path / "astronaut.png")
+    shutil.copyfile(sample_photo("coffee.png"), tmp_path / "coffee.png")
+    manifest = write_manifest(tmp_path / "catalog.csv", [
+        {"item_id": "astronaut", "kind": "product", "image": "astronaut.png"},
+        {"item_id": "cup", "kind": "product", "image": "coffee.png"}])
+    db = str(tmp_path / "db")
+    added = []
+
+    def add_while_running(rows: int) -> None:
+        if not added:  # the job has scored its rows and not yet committed them
+            added.append(add_to_bank(db, [tmp_path / "astronaut.png"], "sexual", load_policy(PIXEL_POLICY)))
+
+    config = IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY)
+    summary = ingest(config, on_rows=add_while_running)
+    assert summary.ok == 2 and added[0]["added"] == 1 and added[0]["blocked_items"] == 0
+    items = {r["item_id"]: r for r in rows(db, ITEMS)}
+    assert (items["astronaut"]["decision"], items["astronaut"]["hash_match"]) == ("block", added[0]["entries"][0])
+    assert items["cup"]["decision"] == "allow"

@@ -35,11 +35,12 @@ def frames(tag: int) -> pa.Table:
 
 
 def write(db: str, tag: int, barrier) -> None:
+    """Opens (creating or migrating) the tables and writes, at the same moment as the other writer."""
+    rows, frame_rows = items(tag), frames(tag)
     store = ItemStore(db)
     names = load_policy().names
-    table, frames_table = store.items(DIM, names), store.frames(DIM, names)
-    rows, frame_rows = items(tag), frames(tag)
     barrier.wait()
+    table, frames_table = store.items(DIM, names), store.frames(DIM, names)
     store.replace_frames(frames_table, sorted(set(frame_rows["item_id"].to_pylist())), frame_rows)
     store.upsert(table, rows)
 
@@ -89,3 +90,20 @@ def test_two_ingests_of_shared_items_at_once_leave_one_row_per_item(tmp_path):
     ids = keys(str(tmp_path / "db"), ITEMS, ["item_id"])
     assert len(ids) == len(set(ids)) == 14
     assert np.all([s["ok"] == 13 for s in summaries])
+
+
+def test_duplicate_rows_an_earlier_version_left_are_healed_keeping_the_newest(tmp_db):
+    import datetime as dt
+
+    rows = items(1)
+    older = pa.schema([f.remove_metadata() for f in rows.schema])
+    stale = rows.slice(0, 10).set_column(rows.schema.get_field_index("updated_at"), "updated_at",
+                                         pa.array([dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)] * 10, pa.timestamp("us", tz="UTC")))
+    stale = stale.set_column(stale.schema.get_field_index("title"), "title", pa.array(["stale"] * 10))
+    table = lancedb.connect(tmp_db).create_table(ITEMS, schema=older)
+    table.add(rows.cast(older))
+    table.add(stale.cast(older))  # ten ids twice: what concurrent jobs of an earlier version could leave
+    ItemStore(tmp_db).items(DIM, load_policy().names)
+    stored = keys(tmp_db, ITEMS, ["item_id", "title"])
+    assert len(stored) == len({item_id for item_id, _ in stored}) == ROWS
+    assert {title for _, title in stored} == {"writer 1"}  # the newest row of each id stayed

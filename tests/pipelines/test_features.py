@@ -21,3 +21,15 @@ def test_a_table_from_before_the_aggregate_columns_exports_them_null(tmp_db, tmp
     assert features.schema.field("risk_topk_mean").type == pa.float32()
     assert features["hash_matched"].to_pylist() == [False] * 20
     assert features["decision"].to_pylist() == rows["decision"].to_pylist()
+
+
+def test_bank_add_on_a_table_from_before_fingerprints_adds_the_entry_and_blocks_nothing(tmp_db):
+    from conftest import sample_photo
+
+    from pipelines.bank import add_to_bank
+    from safety.policy import load_policy
+
+    rows = synthetic_items(embedding_like(5, 16), moderated=True)
+    lancedb.connect(tmp_db).create_table(ITEMS, rows.drop_columns(["pdq", "pdq_quality"]))
+    summary = add_to_bank(tmp_db, [sample_photo("astronaut.png")], "sexual", load_policy())
+    assert (summary["added"], summary["blocked_items"], summary["failed"]) == (1, 0, 0)

@@ -407,3 +407,33 @@ def test_the_queue_holds_ingested_items_no_signal_could_score_first(rescored_db,
     queued = [t["data"]["item_id"] for t in tasks]
     assert queued[:2] == ["astronaut", "chelsea"] and summary["unscored"] == 2  # ok, but unscored: first
     assert "broken" not in queued  # failed to ingest: in the ingest's errors, nothing to review
+
+
+def test_evidence_is_never_read_through_a_link_swapped_in_after_the_ingest(tmp_path):
+    root, outside = tmp_path / "media", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    shutil.copyfile(sample_photo("coffee.png"), root / "coffee.png")
+    shutil.copyfile(sample_photo("chelsea.png"), outside / "private.png")
+    manifest = write_manifest(root / "catalog.csv", [{"item_id": "cup", "kind": "product", "image": "coffee.png"}])
+    db = str(tmp_path / "db")
+    ingest_in_process(manifest, db, pixel_policy(tmp_path / "all.yaml", "review-all", review={"sexual": 0.0, "violence": 0.0}))
+    (root / "coffee.png").unlink()
+    (root / "coffee.png").symlink_to(outside / "private.png")
+    code, summary, _ = exported(db, tmp_path / "q")
+    assert code == 3 and summary["evidence_failed"] == 1 and "is a symbolic link" in summary["errors"][0]["error"]
+    assert not list((tmp_path / "q" / "evidence").iterdir())
+
+
+def test_a_table_from_an_earlier_version_is_exported_or_refused_clearly(tmp_db, tmp_path):
+    from pipelines.synthetic import embedding_like, synthetic_items
+
+    rows = synthetic_items(embedding_like(200, 16), moderated=True)
+    lancedb.connect(tmp_db).create_table(ITEMS, rows.drop_columns(["hash_match", "pdq", "pdq_quality", "risk_topk_mean"]))
+    code, summary, tasks = exported(tmp_db, tmp_path / "q")
+    assert code == 3 and summary["queued"] == len(tasks) > 0  # evidence fails: synthetic rows have no media
+    assert {t["data"]["hash_match"] for t in tasks} == {None}
+    unscored_era = str(tmp_path / "older")
+    lancedb.connect(unscored_era).create_table(ITEMS, rows.select(["item_id", "kind", "title", "status", "vector", "model"]))
+    code, summary, _ = exported(unscored_era, tmp_path / "q2")
+    assert code == 2 and "holds no decisions yet" in summary["error"]

@@ -295,10 +295,15 @@ def test_unscored_and_blocked_items_are_hidden_unless_asked_for(risky_searcher):
     assert shown(risky_searcher) == {"zero", "hundredth", "at-0.3", "over-0.3", "at-0.6", "over-0.6"}
 
 
-@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf"), "0.3"])
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf"), "0.3", True])
 def test_a_max_risk_outside_0_to_1_is_refused(bad):
     with pytest.raises(SearchError, match="--max-risk must be a number in"):
         SearchFilters(max_risk=bad)
+
+
+@pytest.mark.parametrize("limit", [np.float32(0.3), np.float64(0.3), np.int64(0), 0])
+def test_a_max_risk_of_any_real_number_type_is_taken(risky_searcher, limit):
+    assert shown(risky_searcher, max_risk=limit) == expected(float(limit))
 
 
 def test_search_cli_max_risk(risky_db):

@@ -23,3 +23,16 @@ def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_en
     loaded = EmbeddingHeads.load(path)
     assert loaded.categories == ["weapons"] and loaded.model == micro_encoder.provenance
     np.testing.assert_array_equal(loaded(vectors), heads(vectors))
+
+
+def test_heads_of_another_width_or_model_do_not_fit(micro_encoder):
+    import pytest
+
+    from safety.policy import PolicyError
+
+    heads = EmbeddingHeads(["weapons"], np.zeros((1, 7)), np.zeros(1), micro_encoder.provenance)
+    with pytest.raises(PolicyError, match="take 7-d embeddings"):
+        heads.check_fits(micro_encoder.provenance, micro_encoder.dim)
+    with pytest.raises(PolicyError, match="were trained on"):
+        heads.check_fits("open_clip/ViT-B-32/laion2b_s34b_b79k", 7)
+    heads.check_fits(micro_encoder.provenance, 7)
