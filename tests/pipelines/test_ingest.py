@@ -209,6 +209,42 @@ def test_a_changed_category_or_seller_is_not_skipped(tmp_path, media_dir):
     assert {r["item_id"]: r["known_sha256"] for r in again} == sha
 
 
+def test_a_changed_kind_or_an_unknown_stored_model_is_not_skipped(tmp_path, media_dir):
+    """The skip rule's other keys: a video now listed as a live segment (same file, same frames)
+    is not skipped, nor is a row stored without a model (a table from before the column)."""
+    import hashlib
+    from pathlib import Path
+
+    from pipelines.manifest import read_manifest
+    from pipelines.store import ItemStore, item_rows
+    from safety.policy import load_policy
+
+    clip = media_dir / "clip.mp4"  # the skip rule compares fields and bytes: what the file holds does not matter here
+    clip.write_bytes(photo_bytes())
+
+    def manifest(kinds: dict, name: str):
+        rows = [{"item_id": i, "kind": k, "video": "clip.mp4", "frames": "uniform:4"} if k != "product" else
+                {"item_id": i, "kind": k, "image": "coffee.png"} for i, k in kinds.items()]
+        return read_manifest(write_manifest(tmp_path / name, rows), media_dir).rows
+
+    stored = {"same-video": "video", "now-live": "video", "no-model": "product", "same-product": "product"}
+    first = manifest(stored, "first.csv")
+    batch = {name: np.array(first[name].to_pylist(), dtype=object) for name in first.column_names}
+    n = len(batch["item_id"])
+    sha = [hashlib.sha256(Path(uri).read_bytes()).hexdigest() for uri in batch["media_uri"]]
+    batch |= {"media_sha256": np.array(sha, dtype=object), "note": np.full(n, None, dtype=object),
+              "vector": np.full((n, 64), 0.125, np.float32), "text_vector": np.full((n, 64), 0.125, np.float32),
+              "model": np.array(["m" if i != "no-model" else None for i in batch["item_id"]], dtype=object)}
+    store = ItemStore(str(tmp_path / "db"))
+    table = store.items(64, load_policy().names)
+    store.upsert(table, item_rows(batch, table.schema))
+
+    known = {r["item_id"]: r for r in store.mark_unchanged(table, manifest({**stored, "now-live": "live"}, "now.csv"), "m").to_pylist()}
+    assert {i: r["known_status"] for i, r in known.items()} == {"same-video": "ok", "now-live": None, "no-model": None, "same-product": "ok"}
+    assert known["now-live"]["known_sha256"] is None and known["no-model"]["known_sha256"] is None
+    assert known["same-video"]["known_sha256"] == sha[0]
+
+
 def test_a_re_run_rewrites_the_items_whose_category_or_seller_changed(tmp_path, media_dir):
     """The same through the ingest's stages (run in this process): the changed rows are written
     again with their new fields, the unchanged one is not touched."""

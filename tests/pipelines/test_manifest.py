@@ -137,3 +137,27 @@ def test_file_uris_are_held_to_the_media_root(tmp_path, media_dir):
         assert got[item_id]["media_uri"] == uri  # the row keeps what it said, never a resolved path
     for item_id, (_, path) in accepted.items():
         assert (got[item_id]["status"], got[item_id]["media_uri"]) == ("ok", str(path)), got[item_id]
+
+
+@pytest.mark.parametrize("root, prefix", [
+    ("s3://shop", ""), ("s3://shop/", ""), ("s3://shop/cat", "/cat"), ("gs://shop/cat//", "/cat"), ("s3://shop/BOX/", "/BOX"),
+])
+def test_a_remote_media_root_takes_only_relative_paths_inside_it(tmp_path, root, prefix):
+    """A local manifest with an `s3://` / `gs://` media root: relative paths become keys under
+    the root's prefix (its trailing slashes dropped); a path with a scheme, an absolute path (even
+    under a whole bucket) or one that climbs out of the prefix is refused."""
+    images = {
+        "relative": "img/a.jpg", "dotted": "./img/../img/a.jpg", "absolute": "/img/a.jpg", "climbs": "../a.jpg",
+        "https": "https://example.com/img/a.jpg", "file": "file:///img/a.jpg", "query": "img/a.jpg?v=2", "fragment": "img/a.jpg#x",
+    }
+    rows = [{"item_id": k, "kind": "product", "image": v} for k, v in images.items()]
+    got = {r["item_id"]: r for r in read_manifest(write_manifest(tmp_path / "m.csv", rows), root).rows.to_pylist()}
+    uri = root.split("://")[0] + "://shop" + prefix + "/img/a.jpg"
+    assert (got["relative"]["status"], got["relative"]["media_uri"]) == ("ok", uri)
+    assert (got["dotted"]["status"], got["dotted"]["media_uri"]) == ("ok", uri)
+    refused = ["absolute", "https", "file", "query", "fragment"] + (["climbs"] if prefix else [])
+    for item_id in refused:
+        assert got[item_id]["status"] == "error", got[item_id]
+        assert got[item_id]["error"] == f"path {images[item_id]!r} is not a relative path inside the remote media root {root}"
+    if not prefix:  # `..` cannot leave a whole bucket: it stays at its top
+        assert got["climbs"]["media_uri"] == root.rstrip("/") + "/a.jpg"

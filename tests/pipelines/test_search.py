@@ -334,3 +334,15 @@ def test_a_table_that_mixes_models_is_refused(tmp_path):
             Searcher(db, prewarm=prewarm)
     result = CliRunner().invoke(app, ["search", "--db", db, "--item", "i0000000"])
     assert result.exit_code == 2 and "mixes models" in result.output
+
+
+@pytest.mark.parametrize("filters", [
+    {}, {"max_risk": 0}, {"max_risk": 0.3}, {"max_risk": F32(0.6), "include_blocked": True},
+    {"max_risk": 0.9, "include_blocked": True, "include_unscored": True}, {"include_unscored": True},
+], ids=["none", "max-0", "max-0.3", "max-0.6-blocked", "max-0.9-all", "unscored"])
+def test_the_lancedb_expression_passes_the_rows_the_arrow_one_does(risky_db, filters):
+    """Keyword search filters with LanceDB's expression (`expression()`), vector search with
+    Arrow's: on the same table both pass exactly what the README promises."""
+    table = lancedb.connect(risky_db).open_table(ITEMS)
+    rows = table.search().where(SearchFilters(**filters).expression()).select(["item_id"]).limit(None).to_list()
+    assert {r["item_id"] for r in rows} == expected(**filters)

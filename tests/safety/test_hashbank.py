@@ -100,3 +100,9 @@ def test_quality_49_never_matches_and_50_does():
     found, distance = bank.match([original, original, original, original, flip_bits(original, 31), flip_bits(original, 1)], qualities, RULES)
     assert found.tolist() == [-1, 0, -1, 0, 0, -1]
     assert distance.tolist() == [-1, 0, -1, 0, 31, -1]
+
+
+def test_a_bank_without_some_entries_keeps_the_others_whole_and_in_order():
+    bank = HashBank(["a", "b", "c", "d"], ["sexual", "violence", "weapons", "drugs"], ["0" * 64, "1" * 64, "2" * 64, "3" * 64])
+    assert bank.without(["b", "d", "not-in-the-bank"]) == HashBank(["a", "c"], ["sexual", "weapons"], ["0" * 64, "2" * 64])
+    assert bank.without([]) == bank and bank.without(bank.entry_ids) == HashBank()

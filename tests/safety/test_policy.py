@@ -77,3 +77,70 @@ def test_a_category_named_like_a_reserved_column_is_refused(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(policy))
     with pytest.raises(PolicyError, match="'topk_mean' is reserved"):
         load_policy(tmp_path / "p.yaml")
+
+
+def test_logit_and_sigmoid_are_inverse_and_clip_certainties():
+    from safety.policy import logit, sigmoid
+
+    p = np.array([0.0, 1e-9, 0.1, 0.5, 0.9, 1.0])
+    z = logit(p)
+    bound = np.log(1e-6) - np.log1p(-1e-6)  # 0 and 1 are clipped to 1e-6 and 1 - 1e-6: finite
+    np.testing.assert_allclose(z, [bound, bound, np.log(0.1 / 0.9), 0.0, np.log(9.0), -bound], rtol=1e-9)
+    np.testing.assert_allclose(sigmoid(z[2:5]), p[2:5], rtol=1e-12)
+    np.testing.assert_allclose(sigmoid(np.array([-np.log(3.0), 0.0, np.log(3.0)])), [0.25, 0.5, 0.75], rtol=1e-12)
+
+
+def test_a_calibration_combines_the_logits_of_its_signals_and_an_absent_signal_adds_nothing():
+    from safety.policy import CategoryCalibration
+
+    calibration = CategoryCalibration(bias=-1.0, weights={"heads": 2.0, "open_nsfw": 0.5, "absent": 7.0})
+    signals = {"heads": np.array([0.5, 0.9, np.nan, 0.5]), "open_nsfw": np.array([0.5, 0.5, 0.9, 0.1]),
+               "unweighted": np.array([0.99, 0.99, 0.99, 0.99])}
+    z = np.array([-1.0, -1.0 + 2.0 * np.log(9.0), -1.0 + 0.5 * np.log(9.0), -1.0 - 0.5 * np.log(9.0)])  # NaN adds nothing
+    np.testing.assert_allclose(calibration.apply(signals, 4), 1.0 / (1.0 + np.exp(-z)), rtol=1e-9)
+    np.testing.assert_allclose(CategoryCalibration(bias=0.3, weights={}).apply({}, 2), [1 / (1 + np.exp(-0.3))] * 2, rtol=1e-9)
+
+
+def test_a_calibrated_category_takes_its_combination_and_the_others_the_largest_signal():
+    from safety.policy import CategoryCalibration
+
+    calibration = {"weapons": CategoryCalibration(bias=0.0, weights={"heads": 1.0})}
+    policy = load_policy().model_copy(update={"calibration": calibration})
+    k = policy.names.index("weapons")
+    heads = np.full((2, len(policy.names)), np.nan, np.float32)
+    heads[:, k] = [0.2, 0.7]
+    prompts = np.full((2, len(policy.names)), 0.3, np.float32)
+    risks = policy.fuse({"heads": heads, "prompt_bank": prompts}, 2)
+    np.testing.assert_allclose(risks[:, k], [0.2, 0.7], rtol=1e-5)  # sigmoid(logit(p)): the heads' own score, not max(0.3, p)
+    others = [c for c in range(len(policy.names)) if c != k]
+    np.testing.assert_allclose(risks[:, others], 0.3)
+
+
+def test_the_heads_file_is_relative_to_the_policy_file():
+    from pathlib import Path
+
+    from safety.policy import Policy
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    def policy(**fields) -> Policy:
+        return Policy(**{**document, "heads": None, **fields})
+
+    assert policy(heads="heads.npz").heads_path() == Path("heads.npz")  # no file: as given
+    assert policy(heads="heads.npz", source="/policies/p.yaml").heads_path() == Path("/policies/heads.npz")
+    assert policy(heads="/weights/h.npz", source="/policies/p.yaml").heads_path() == Path("/weights/h.npz")
+    assert policy(source="/policies/p.yaml").heads_path() is None
+
+
+def test_the_stored_policy_text_keeps_the_files_order_and_its_characters():
+    """What the database stores (`policy_yaml`) reads back as the same policy, its keys and
+    categories in the file's order, its prompts as written (not escaped)."""
+    from safety.policy import parse_policy, policy_yaml
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    document["categories"]["weapons"]["prompts"].append("un couteau à cran d'arrêt, ナイフ")
+    policy = parse_policy(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), "p.yaml")
+    text = policy_yaml(policy)
+    assert text.startswith("version:") and "un couteau à cran d'arrêt, ナイフ" in text and "source" not in text
+    again = parse_policy(text, "stored")
+    assert again.names == policy.names != sorted(policy.names)
+    assert again.model_dump(exclude={"source"}) == policy.model_dump(exclude={"source"})

@@ -11,7 +11,7 @@ from encoders.decode import MediaDecoder
 from encoders.media import ERROR, OK
 from safety.hashbank import HashBank
 from safety.heads import EmbeddingHeads
-from safety.policy import BLOCK, REVIEW, UNSCORED, load_policy
+from safety.policy import BLOCK, REVIEW, UNSCORED, PolicyError, load_policy
 from safety.scorer import SafetyScorer
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png"]
@@ -201,3 +201,66 @@ def test_a_bank_match_blocks_even_when_a_signal_failed(decoded, micro_encoder):
     assert (out["decision"][1], out["hash_match"][1]) == (BLOCK, "known")
     assert "safety signal open_nsfw failed" in out["safety_error"][1]  # why the other signals say nothing
     assert list(out["hash_match"][[0, 2]]) == [None, None] and UNSCORED not in out["decision"][[0, 2]]
+
+
+def hand_made_policy(tmp_path, fields, **extra):
+    """Two categories, one prompt each, over 3-d hand-made embeddings; `extra` adds to the file."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump({
+        "version": "hand-made", "prompt_bank": {"logit_scale": 100.0, "fields": fields, "benign": ["a product"]},
+        "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]},
+                       "sexual": {"review": 0.4, "block": 0.95, "prompts": ["nudity"]}},
+        **extra,
+    }, sort_keys=False))
+    return load_policy(policy_file)
+
+
+def stored_batch(frame_scores: list, frame: int) -> dict:
+    """Products of one frame each (the basis vector `frame`), titled (e0), with the pixel outputs
+    an earlier run kept (`frame_scores`: a JSON text or None per item)."""
+    n, e = len(frame_scores), np.eye(3, dtype=np.float32)
+    return {
+        "status": objects([OK] * n), "kind": objects(["product"] * n), "title": objects(["a title"] * n),
+        "frame_vectors": objects([e[[frame]]] * n), "text_vector": np.tile(e[0], (n, 1)),
+        "pdq": objects([objects([None])] * n), "pdq_quality": objects([np.full(1, -1)] * n),
+        "timestamp_s": objects([np.zeros(1, np.float32)] * n), "frame_signal_scores": objects([objects([s]) for s in frame_scores]),
+    }
+
+
+def test_each_signal_is_named_in_the_scores_kept_and_a_model_output_may_feed_nothing(tmp_path):
+    """`signal_scores` names every signal as calibration and rescore read it (`prompt_bank`,
+    `title_prompt_bank`, `heads`, the pixel model's name); a pixel model output the policy maps
+    to no category (image_safety_s's `nsfl` here) feeds nothing. An item whose stored outputs
+    lack the pixel model (kept as nothing at all) is unscored, saying so."""
+    dim = 3
+    EmbeddingHeads(["weapons"], np.zeros((1, dim)), np.full(1, -12.0), "hand-made").save(tmp_path / "heads.npz")
+    policy = hand_made_policy(tmp_path, ["image", "title"], heads="heads.npz",
+                              pixel_models={"image_safety_s": {"outputs": {"nsfw": ["sexual"]}}})
+    scorer = SafetyScorer(policy, lambda texts: np.eye(dim)[: len(texts)], "hand-made", stored_pixel_scores=True)
+    kept = json.dumps({"image_safety_s": {"nsfl": 0.97, "nsfw": 0.5}})
+    out = scorer(stored_batch([kept, None], frame=0))  # e0: what the benign prompt embeds as
+    scores = json.loads(out["signal_scores"][0])
+    assert set(scores) == {"prompt_bank", "title_prompt_bank", "heads", "image_safety_s"}
+    assert scores["image_safety_s"] == {"nsfl": 0.97, "nsfw": 0.5} and set(scores["heads"]) == {"weapons"}
+    assert set(json.loads(out["frame_signal_scores"][0][0])) == {"prompt_bank", "heads", "image_safety_s"}
+    # `nsfl` 0.97 feeds nothing: `sexual` is nsfw's 0.5 (the prompt banks and heads give about 0).
+    assert out["risk_sexual"][0] == pytest.approx(0.5) and out["risk_weapons"][0] < 1e-4 and out["decision"][0] == REVIEW
+    assert out["decision"][1] == UNSCORED
+    assert out["safety_error"][1] == ("safety signal image_safety_s failed: pixel model image_safety_s did not run when this "
+                                      "item was ingested: re-ingest it to score it")
+
+
+def test_each_model_scores_with_its_own_prompt_embeddings_and_foreign_heads_are_refused(tmp_path):
+    """Prompt embeddings are kept per model: a second model in the same process, whose text tower
+    embeds the prompts differently, scores with its own. Heads of another model are refused."""
+    policy = hand_made_policy(tmp_path, ["image"])
+    e = np.eye(3)
+    # Prompts in order: benign "a product", "a gun", "nudity". Model a embeds them as e0, e1, e2; model b as e1, e0, e2.
+    first = SafetyScorer(policy, lambda texts: e[[0, 1, 2]], "hand-made-a")
+    second = SafetyScorer(policy, lambda texts: e[[1, 0, 2]], "hand-made-b")
+    batch = stored_batch([None], frame=1)  # e1: "a gun" under model a, the benign prompt under model b
+    assert first(batch)["risk_weapons"][0] == pytest.approx(1.0) and first(batch)["decision"][0] == BLOCK
+    assert second(batch)["risk_weapons"][0] < 1e-6 and second(batch)["decision"][0] == "allow"
+    heads = EmbeddingHeads(["weapons"], np.zeros((1, 3)), np.zeros(1), "hand-made-a")
+    with pytest.raises(PolicyError, match="the policy's heads were trained on hand-made-a embeddings, not hand-made-b"):
+        SafetyScorer(policy, lambda texts: e[[1, 0, 2]], "hand-made-b", heads=heads)
