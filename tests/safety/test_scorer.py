@@ -264,3 +264,40 @@ def test_each_model_scores_with_its_own_prompt_embeddings_and_foreign_heads_are_
     heads = EmbeddingHeads(["weapons"], np.zeros((1, 3)), np.zeros(1), "hand-made-a")
     with pytest.raises(PolicyError, match="the policy's heads were trained on hand-made-a embeddings, not hand-made-b"):
         SafetyScorer(policy, lambda texts: e[[1, 0, 2]], "hand-made-b", heads=heads)
+
+
+def test_a_title_counts_for_its_own_item_and_a_title_without_a_finite_score_leaves_it_unscored(tmp_path):
+    """Frames all show e0 (benign); the titles differ: e1 (what `a gun` embeds as) blocks its
+    item through the title alone, no title counts for nothing, and a title vector of NaN (an
+    encoder gone wrong) leaves only its own item unscored."""
+    policy = hand_made_policy(tmp_path, ["image", "title"])
+    scorer = SafetyScorer(policy, lambda texts: np.eye(3)[: len(texts)], "hand-made-titles")
+    batch = stored_batch([None] * 4, frame=0)
+    batch["title"] = objects(["a gun", None, "broken", "a product"])
+    batch["text_vector"] = np.array([[0, 1, 0], [0, 1, 0], [np.nan] * 3, [1, 0, 0]], np.float32)  # the untitled one's is ignored
+    out = scorer(batch)
+    assert list(out["decision"]) == [BLOCK, "allow", UNSCORED, "allow"]
+    assert out["risk_weapons"][0] == pytest.approx(1.0) and out["risk_weapons"][1] < 1e-6 and out["risk_weapons"][3] < 1e-6
+    assert out["safety_error"][2] == "safety signal title_prompt_bank gave no finite score"
+    assert [e is None for e in out["safety_error"]] == [True, True, False, True]
+
+
+def test_a_batch_whose_items_all_failed_is_all_unscored(tmp_path):
+    policy = hand_made_policy(tmp_path, ["image", "title"])
+    scorer = SafetyScorer(policy, lambda texts: np.eye(3)[: len(texts)], "hand-made-failed")
+    batch = stored_batch([None] * 2, frame=1)
+    batch["status"] = objects([ERROR, ERROR])
+    batch["frame_vectors"] = objects([np.zeros((0, 3), np.float32)] * 2)  # failed items have no frames
+    batch |= {"pdq": objects([objects([])] * 2), "pdq_quality": objects([np.zeros(0, int)] * 2)}
+    out = scorer(batch)
+    assert list(out["decision"]) == [UNSCORED, UNSCORED] and np.isnan(out["risk"]).all()
+    assert list(out["hash_match"]) == [None, None] and list(out["frame_risks"]) == [None, None]
+
+
+def test_a_policy_with_no_signal_for_a_category_leaves_every_item_unscored(tmp_path):
+    """No prompt-bank field, no heads, no pixel model: nothing scores any category, so nothing
+    is `allow`."""
+    policy = hand_made_policy(tmp_path, [])
+    out = SafetyScorer(policy, lambda texts: np.eye(3)[: len(texts)], "hand-made-none")(stored_batch([None] * 2, frame=1))
+    assert list(out["decision"]) == [UNSCORED, UNSCORED] and np.isnan(out["risk"]).all()
+    assert list(out["safety_error"]) == ["no safety signal scored every category"] * 2
