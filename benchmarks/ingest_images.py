@@ -28,7 +28,7 @@ PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycl
 
 def make_catalog(folder: Path, count: int, side: int = 1024) -> Path:
     """`count` distinct side x side JPEGs (crops, flips and tints of real photos) and their manifest."""
-    from pipelines.synthetic import photo_variants
+    from benchmarks.synthetic import photo_variants
 
     lines = ["item_id,kind,title,image"]
     for n, (file, _) in enumerate(photo_variants(folder, count, list(PHOTOS), side)):
@@ -42,7 +42,7 @@ def policy_without_pixel_models(folder: Path) -> Path:
     """The shipped policy without pixel classifiers (prompt banks, heads and hashes only), written
     to `folder`. On a CPU the two ONNX models cost about as much again as the embedding; on a GPU
     node they run on its few CPU cores, so a throughput figure with them measures them."""
-    from safety.policy import load_policy, policy_yaml
+    from shoplens.safety.policy import load_policy, policy_yaml
 
     shipped = load_policy()
     path = folder / "policy-no-pixel-models.yaml"
@@ -66,7 +66,7 @@ def decode_stage_rates(folder: Path, count: int, image_size: int) -> tuple[float
     """Images/s of one decode task on one core, fingerprinting as ingest does: with JPEGs left to
     the embedding device (`--device-decode`, the GPU default: read, hash, check the header) and
     decoded on the CPU (the baseline: what a CPU-only node, or the GPU decoder's refusals, cost)."""
-    from encoders.decode import MediaDecoder
+    from shoplens.encoders.decode import MediaDecoder
 
     rows = catalog_rows(folder, range(min(count, 500)))
     rates = []
@@ -86,10 +86,10 @@ def model_only_rates(
     same batch size and threads: OpenCLIP on image and title, then the policy's safety signals
     (EmbedAndScore, what the pipeline's model actors run); of OpenCLIP alone on image and title;
     and of the image tower alone."""
-    from encoders.clip import ClipSpec
-    from encoders.decode import MediaDecoder
-    from safety.policy import load_policy
-    from safety.stage import EmbedAndScore
+    from shoplens.encoders.clip import ClipSpec
+    from shoplens.encoders.decode import MediaDecoder
+    from shoplens.safety.policy import load_policy
+    from shoplens.safety.stage import EmbedAndScore
 
     count = min(count, 1000)  # a rate: the first thousand items measure it as well as all of them
     stage = EmbedAndScore(ClipSpec(model, pretrained, device), load_policy(policy), num_threads=threads)
@@ -123,9 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from encoders.weights import resolve_weights
-    from pipelines.ingest import IngestConfig, ingest
-    from pipelines.ray_data import cluster_resources, plan_pools
+    from shoplens.encoders.weights import resolve_weights
+    from shoplens.pipelines.ingest.job import IngestConfig, ingest
+    from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

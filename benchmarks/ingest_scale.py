@@ -50,7 +50,7 @@ def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:
 
 def run_ingest(manifest: Path, db: Path, policy: Path) -> dict:
     """Runs one ingest in a subprocess; returns its summary with the peak memory seen."""
-    command = [sys.executable, "-c", "from pipelines.cli import main; main()", "ingest", str(manifest), "--db", str(db),
+    command = [sys.executable, "-c", "from shoplens.pipelines.cli import main; main()", "ingest", str(manifest), "--db", str(db),
                "--model", "shoplens-micro", "--pretrained", "random", "--device", "cpu", "--policy", str(policy)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -25,7 +25,7 @@ import numpy as np
 EXPORT = """
 import json, re, sys, time
 from pathlib import Path
-from pipelines.review import export_queue
+from shoplens.pipelines.moderation.review_queue import export_queue
 started = time.perf_counter()
 summary = export_queue(sys.argv[1], Path(sys.argv[2]))
 peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
@@ -40,8 +40,8 @@ def make_table(folder: Path, rows: int, dim: int = 512, chunk: int = 20_000) -> 
     import skimage
     from PIL import Image
 
-    from pipelines.store import ItemStore, items_schema
-    from safety.policy import load_policy
+    from shoplens.pipelines.store.database import ItemStore, items_schema
+    from shoplens.safety.policy import load_policy
 
     media = folder / "media"
     media.mkdir()

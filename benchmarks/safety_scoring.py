@@ -46,13 +46,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from encoders.clip import ClipEncoder, ClipSpec
-    from encoders.media import crop_to_model, load_image
-    from encoders.phash import pdq_hash
-    from safety.heads import train_heads
-    from safety.pixels import PIXEL_MODELS
-    from safety.policy import load_policy
-    from safety.prompts import PromptBank
+    from shoplens.encoders.clip import ClipEncoder, ClipSpec
+    from shoplens.encoders.media import crop_to_model, load_image
+    from shoplens.encoders.phash import pdq_hash
+    from shoplens.safety.heads import train_heads
+    from shoplens.safety.pixels import PIXEL_MODELS
+    from shoplens.safety.policy import load_policy
+    from shoplens.safety.prompts import PromptBank
 
     policy = load_policy()
     encoder = ClipEncoder(ClipSpec(args.model, args.pretrained, "cpu"), num_threads=args.threads)

@@ -37,7 +37,7 @@ def naive_seek(path: str, indices, size: int) -> np.ndarray:
     """The obvious way: seek to each wanted frame and read it."""
     import cv2
 
-    from encoders.video import to_model_pixels
+    from shoplens.encoders.video import to_model_pixels
 
     capture = cv2.VideoCapture(path)
     frames = []
@@ -61,7 +61,7 @@ def per_cpu_second(work, repeats: int) -> tuple[float, int]:
 def sampling_figures(repeats: int) -> dict:
     import cv2
 
-    from encoders.video import FrameSampling, sample_frames
+    from shoplens.encoders.video import FrameSampling, sample_frames
 
     cv2.setNumThreads(1)
     path = str(clip_path())
@@ -83,10 +83,10 @@ def model_stage_rates(videos: int, model: str, pretrained: str, device: str, thr
     frames and the title, then the safety signals, what the pipeline's model actors run) on the
     same videos already decoded, with the pipeline's batch size and threads; and of its OpenCLIP
     part alone."""
-    from encoders.clip import ClipSpec
-    from encoders.decode import MediaDecoder
-    from safety.policy import load_policy
-    from safety.stage import EmbedAndScore
+    from shoplens.encoders.clip import ClipSpec
+    from shoplens.encoders.decode import MediaDecoder
+    from shoplens.safety.policy import load_policy
+    from shoplens.safety.stage import EmbedAndScore
 
     stage = EmbedAndScore(ClipSpec(model, pretrained, device), load_policy(), num_threads=threads)
     decode = MediaDecoder(stage.embedder.encoder.image_size, fingerprint=True)
@@ -112,9 +112,9 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
     clip with `uniform:8`, Ray's start-up included."""
     import ray
 
-    from pipelines.ingest import IngestConfig, ingest
-    from pipelines.ray_data import cluster_resources, plan_pools
-    from pipelines.store import FRAMES, ItemStore
+    from shoplens.pipelines.ingest.job import IngestConfig, ingest
+    from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
+    from shoplens.pipelines.store.database import FRAMES, ItemStore
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

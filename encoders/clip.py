@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.media import ERROR, OK, text_or_none
-from encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, register_packaged_configs, resolve_weights
+from shoplens.encoders.media import ERROR, OK, text_or_none
+from shoplens.encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, register_packaged_configs, resolve_weights
 
 @dataclass(frozen=True)
 class ClipSpec:
@@ -175,7 +175,7 @@ class ClipEmbedder:
     def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
         """Decodes and fingerprints the JPEGs the decode stage left to this device, in batches
         (nvJPEG on a GPU); one that fails becomes its row's error."""
-        from encoders.device_decode import decode_on_device
+        from shoplens.encoders.device_decode import decode_on_device
 
         # Through Arrow, a column of no bytes comes back as NaNs: only bytes are work.
         rows = [i for i, data in enumerate(batch["encoded"]) if isinstance(data, bytes) and status[i] == OK]

@@ -14,9 +14,9 @@ import hashlib
 
 import numpy as np
 
-from encoders.device_decode import decode_on_cpu, jpeg_header
-from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
-from encoders.video import FrameSampling, VideoLimits, sample_frames
+from shoplens.encoders.device_decode import decode_on_cpu, jpeg_header
+from shoplens.encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
+from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.media import ImageLimits, MediaError, crop_to_model, load_image
-from encoders.phash import pdq_hash, pdq_hashes
+from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
+from shoplens.encoders.phash import pdq_hash, pdq_hashes
 
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes as the CPU path would; CMYK, YCCK... go to the CPU

@@ -78,7 +78,7 @@ def _opened(uri: str, max_bytes: int, root: str | None = None):
     """A readable file for a local path or remote URI, once its size is known to be allowed."""
     try:
         if "://" in uri:
-            from encoders.object_store import filesystem_for
+            from shoplens.encoders.object_store import filesystem_for
 
             filesystem, path = filesystem_for(uri)
             size, f = filesystem.get_file_info(path).size, filesystem.open_input_stream(path)

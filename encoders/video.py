@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoders.media import MediaError
+from shoplens.encoders.media import MediaError
 
 DEFAULT_SAMPLING = "uniform:8"
 # The FFmpeg inside OpenCV follows playlists (HLS, concat, ...) to any file or URL they name: only
@@ -169,7 +169,7 @@ class _Reader:
         """(index, timestamp, model pixels, PDQ hash, its quality) of a retrieved frame."""
         import cv2
 
-        from encoders.phash import pdq_hash
+        from shoplens.encoders.phash import pdq_hash
 
         pixels = to_model_pixels(frame_bgr, self.size)
         fingerprint = pdq_hash(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)) if self.fingerprint else (None, None)

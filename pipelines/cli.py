@@ -19,11 +19,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
-    from encoders.weights import WeightsError
-    from pipelines.manifest import ManifestError
-    from pipelines.ray_data import ClusterError
-    from pipelines.store import StoreError
-    from safety.policy import PolicyError
+    from shoplens.encoders.weights import WeightsError
+    from shoplens.pipelines.ingest.manifest import ManifestError
+    from shoplens.pipelines.ingest.ray_adapter import ClusterError
+    from shoplens.pipelines.store.database import StoreError
+    from shoplens.safety.policy import PolicyError
 
     return ManifestError, WeightsError, StoreError, ClusterError, PolicyError
 
@@ -67,7 +67,7 @@ def ingest(
     ray_address: str = typer.Option(None, help="Ray cluster to join (default: a running one, else a local one)."),
 ) -> None:
     """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
-    from pipelines.ingest import IngestConfig, ingest as run_ingest
+    from shoplens.pipelines.ingest.job import IngestConfig, ingest as run_ingest
 
     config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained, device=device,
                      device_decode=device_decode, frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
@@ -109,8 +109,8 @@ def search(
     """Search the items table by text, image or item, with filters."""
     from dataclasses import replace
 
-    from pipelines.indexes import QueryTuning
-    from pipelines.search import FIELDS, SearchError, SearchFilters, Searcher
+    from shoplens.pipelines.store.indexes import QueryTuning
+    from shoplens.pipelines.search.searcher import FIELDS, SearchError, SearchFilters, Searcher
 
     if sum(q is not None for q in (text, image, item, video)) != 1:
         _usage("give exactly one of --text, --image, --item, --video")
@@ -156,8 +156,8 @@ app.add_typer(review_app, name="review")
 
 
 def _review_errors() -> tuple[type[Exception], ...]:
-    from pipelines.review import ReviewError
-    from safety.review import ReviewFormatError
+    from shoplens.pipelines.moderation.review_queue import ReviewError
+    from shoplens.safety.review_format import ReviewFormatError
 
     return ReviewError, ReviewFormatError
 
@@ -172,7 +172,7 @@ def review_export(
     evidence_prefix: str = typer.Option("", help="Prefix for evidence paths in tasks.json (e.g. Label Studio's /data/local-files/?d=DIR/)."),
 ) -> None:
     """Export the review queue with evidence, in Label Studio's task format and flat files."""
-    from pipelines.review import export_queue
+    from shoplens.pipelines.moderation.review_queue import export_queue
 
     run_job(lambda: export_queue(db, out, limit, categories, include_blocked, evidence_prefix), usage_errors=_review_errors())
 
@@ -183,7 +183,7 @@ def review_import(
     db: str = typer.Option(..., "--db", help="LanceDB database the decisions are about."),
 ) -> None:
     """Import reviewers' decisions into the `labels` table (all or nothing)."""
-    from pipelines.review import import_labels
+    from shoplens.pipelines.moderation.review_queue import import_labels
 
     run_job(lambda: import_labels(db, file), usage_errors=_review_errors())
 
@@ -195,7 +195,7 @@ def safety_calibrate(
     review_precision: float = typer.Option(0.5, help="Precision the review threshold must reach."),
 ) -> None:
     """Fit the policy to reviewers' labels: heads, calibration, thresholds; store a new version."""
-    from pipelines.calibrate import calibrate
+    from shoplens.pipelines.moderation.calibrate import calibrate
 
     run_job(lambda: calibrate(db, target_precision, review_precision), usage_errors=_review_errors())
 
@@ -209,8 +209,8 @@ def safety_rescore(
                                 "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
 ) -> None:
     """Apply the database's current policy to stored scores and embeddings, without re-embedding."""
-    from pipelines.calibrate import rescore
-    from pipelines.search import SearchError
+    from shoplens.pipelines.moderation.calibrate import rescore
+    from shoplens.pipelines.search.searcher import SearchError
 
     run_job(lambda: rescore(db, pretrained, device, policy), usage_errors=(*_review_errors(), SearchError))
 
@@ -223,8 +223,8 @@ def bank_add(
     policy: Path = typer.Option(None, help="Safety policy file for the category and match rules (default: the database's own, else the shipped one)."),
 ) -> None:
     """Add images to the hash bank; later ingests block items that match them."""
-    from pipelines.bank import add_to_bank
-    from pipelines.store import ItemStore
+    from shoplens.pipelines.moderation.bank_add import add_to_bank
+    from shoplens.pipelines.store.database import ItemStore
 
     run_job(lambda: add_to_bank(db, files, category, ItemStore(db).policy(policy)[0]))
 
@@ -235,7 +235,7 @@ def features_export(
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
 ) -> None:
     """Write one row of ranking features per item (Parquet, keyed by item_id, with event_timestamp)."""
-    from pipelines.features import FeaturesError, export_features
+    from shoplens.pipelines.store.features_export import FeaturesError, export_features
 
     run_job(lambda: export_features(db, out), usage_errors=(FeaturesError,))
 
@@ -246,7 +246,7 @@ def index(
     ann: str = typer.Option("IVF_SQ", help="ANN index type: IVF_SQ, IVF_PQ or IVF_HNSW_SQ."),
 ) -> None:
     """Build ANN, filter-column and title full-text indexes on the items table (re-run after big ingests)."""
-    from pipelines.indexes import build_indexes
+    from shoplens.pipelines.store.indexes import build_indexes
 
     run_job(lambda: build_indexes(db, ann.upper(), log=lambda line: typer.echo(line, err=True)))
 
@@ -257,7 +257,7 @@ def dedup(
     threshold: float = typer.Option(0.97, help="Cosine similarity of visual vectors at or above which items are duplicates."),
 ) -> None:
     """Group near-identical items; store dup_group and dup_count in the items table."""
-    from pipelines.dedup import dedup as run_dedup
+    from shoplens.pipelines.search.dedup import dedup as run_dedup
 
     run_job(lambda: run_dedup(db, threshold))
 
@@ -268,7 +268,7 @@ def demo(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Build a small catalog from package-shipped images, ingest it and show what came out."""
-    from pipelines.demo import run_demo
+    from shoplens.pipelines.demo import run_demo
 
     run_job(lambda: run_demo(out, device))
 

@@ -8,8 +8,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from encoders.weights import WeightsError, resolve_weights
-from safety.policy import load_policy
+from shoplens.encoders.weights import WeightsError, resolve_weights
+from shoplens.safety.policy import load_policy
 
 log = logging.getLogger("shoplens")
 
@@ -73,8 +73,8 @@ def build_catalog(folder: Path) -> Path:
 
 
 def run_demo(out: Path, device: str) -> dict:
-    from pipelines.ingest import IngestConfig, ingest
-    from pipelines.store import ITEMS, ItemStore
+    from shoplens.pipelines.ingest.job import IngestConfig, ingest
+    from shoplens.pipelines.store.database import ITEMS, ItemStore
 
     manifest = build_catalog(out)
     try:

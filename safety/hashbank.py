@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoders.phash import hamming, hash_bytes
-from safety.policy import HashBankPolicy
+from shoplens.encoders.phash import hamming, hash_bytes
+from shoplens.safety.policy import HashBankPolicy
 
 
 @dataclass(frozen=True)

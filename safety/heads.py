@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safety.policy import Policy, PolicyError, load_policy, sigmoid
+from shoplens.safety.policy import Policy, PolicyError, load_policy, sigmoid
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from safety.policy import Policy
+from shoplens.safety.policy import Policy
 
 # (model provenance, prompts) -> their embeddings: once per model in a process.
 _EMBEDDINGS: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}

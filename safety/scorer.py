@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from encoders.media import OK, text_or_none
-from safety.hashbank import HashBank
-from safety.heads import EmbeddingHeads
-from safety.pixels import PIXEL_MODELS
-from safety.policy import UNSCORED, Policy, PolicyError
-from safety.prompts import PromptBank
+from shoplens.encoders.media import OK, text_or_none
+from shoplens.safety.hashbank import HashBank
+from shoplens.safety.heads import EmbeddingHeads
+from shoplens.safety.pixels import PIXEL_MODELS
+from shoplens.safety.policy import UNSCORED, Policy, PolicyError
+from shoplens.safety.prompts import PromptBank
 
 TITLE_SIGNAL = "title_prompt_bank"
 

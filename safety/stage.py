@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from encoders.clip import ClipEmbedder, ClipSpec
-from encoders.weights import ModelSource
-from safety.hashbank import HashBank
-from safety.heads import EmbeddingHeads
-from safety.policy import Policy
-from safety.scorer import SafetyScorer
+from shoplens.encoders.clip import ClipEmbedder, ClipSpec
+from shoplens.encoders.weights import ModelSource
+from shoplens.safety.hashbank import HashBank
+from shoplens.safety.heads import EmbeddingHeads
+from shoplens.safety.policy import Policy
+from shoplens.safety.scorer import SafetyScorer
 
 
 class EmbedAndScore:

@@ -15,7 +15,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from encoders.clip import ClipSpec  # noqa: E402
+from shoplens.encoders.clip import ClipSpec  # noqa: E402
 
 MICRO = ClipSpec(model="shoplens-micro", pretrained="random", device="cpu")
 PIXEL_POLICY = Path(__file__).parent / "pixel_policy.yaml"  # real pixel models only: real photos are `allow`
@@ -35,7 +35,7 @@ def micro_spec() -> ClipSpec:
 
 @pytest.fixture(scope="session")
 def micro_encoder():
-    from encoders.clip import ClipEncoder
+    from shoplens.encoders.clip import ClipEncoder
 
     return ClipEncoder(MICRO, num_threads=1)
 
@@ -212,7 +212,7 @@ def flip_bits(hash_hex: str, bits: int, offset: int = 0) -> str:
 
 def photo_variants(folder: Path, count: int, side: int = 160) -> list[tuple[str, str]]:
     """`count` distinct JPEGs of the sample photos: (file name, source photo)."""
-    from pipelines.synthetic import photo_variants as variants
+    from benchmarks.synthetic import photo_variants as variants
 
     return variants(folder, count, list(SAMPLE_PHOTOS), side, min_crop=0.7)
 
@@ -241,11 +241,11 @@ def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media
     skip rule, the decode stage and the embed-and-score stage run here on one batch, the rows
     committed by the store's writer (skipped rows are not written). For fast tests of what reads
     a scored table; the Ray job itself is tested by the slow tests."""
-    from encoders.decode import MediaDecoder
-    from encoders.media import SKIPPED
-    from pipelines.manifest import read_manifest
-    from pipelines.store import ItemStore, PendingWrites
-    from safety.stage import EmbedAndScore
+    from shoplens.encoders.decode import MediaDecoder
+    from shoplens.encoders.media import SKIPPED
+    from shoplens.pipelines.ingest.manifest import read_manifest
+    from shoplens.pipelines.store.database import ItemStore, PendingWrites
+    from shoplens.safety.stage import EmbedAndScore
 
     store = ItemStore(db)
     scoring, heads = store.policy(policy)
@@ -275,9 +275,9 @@ def rescored_db(tmp_path_factory) -> str:
     `coffee` and `rocket` with both pixel models; `astronaut`, `chelsea` and `broken` (not an
     image) under a policy with open_nsfw only, so their stored outputs lack image_safety_s, which
     the database's policy then uses. Returns the database; `rescore`'s summary is in `summary.json`."""
-    from pipelines.calibrate import rescore
-    from pipelines.store import ItemStore
-    from safety.policy import load_policy
+    from shoplens.pipelines.moderation.calibrate import rescore
+    from shoplens.pipelines.store.database import ItemStore
+    from shoplens.safety.policy import load_policy
 
     root = tmp_path_factory.mktemp("rescored")
     for name in SAMPLE_PHOTOS:

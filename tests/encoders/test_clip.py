@@ -3,8 +3,8 @@ import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo
 from PIL import Image
 
-from encoders.clip import ClipEmbedder, ClipEncoder
-from encoders.media import ERROR, OK, decode_image
+from shoplens.encoders.clip import ClipEmbedder, ClipEncoder
+from shoplens.encoders.media import ERROR, OK, decode_image
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, sample_photo
 
-from encoders.clip import ClipEncoder, ClipSpec
-from encoders.media import decode_image
+from shoplens.encoders.clip import ClipEncoder, ClipSpec
+from shoplens.encoders.media import decode_image
 
 pytestmark = pytest.mark.gpu
 
@@ -26,8 +26,8 @@ def test_fp16_gpu_vectors_match_the_cpu_path(model):
 def test_nvjpeg_pixels_and_fingerprints_match_the_cpu_decoder():
     from conftest import photo_bytes
 
-    from encoders.device_decode import decode_on_device
-    from encoders.phash import hamming, hash_bytes
+    from shoplens.encoders.device_decode import decode_on_device
+    from shoplens.encoders.phash import hamming, hash_bytes
 
     images = [photo_bytes(name, size=None) for name in SAMPLE_PHOTOS]
     gpu, cpu = decode_on_device(images, 224, "cuda"), decode_on_device(images, 224, "cpu")

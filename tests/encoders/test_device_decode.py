@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, photo_bytes, sample_photo
 
-from encoders.device_decode import decode_on_device, jpeg_header
-from encoders.media import decode_image, load_image
-from encoders.phash import hamming, hash_bytes, pdq_hash
+from shoplens.encoders.device_decode import decode_on_device, jpeg_header
+from shoplens.encoders.media import decode_image, load_image
+from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
 
 SIZE = 64
 
@@ -62,7 +62,7 @@ def test_bad_images_are_per_image_errors_and_the_rest_decode():
 def test_batches_and_shape_groups_do_not_change_results(monkeypatch):
     """Decoded a few at a time, resized in groups of one shape under a pixel budget: the same
     pixels and fingerprints as all at once, whatever the order of sizes."""
-    import encoders.device_decode as device_decode
+    import shoplens.encoders.device_decode as device_decode
 
     images = [photo_bytes(name, size=None) for name in (*SAMPLE_PHOTOS, *SAMPLE_PHOTOS[:2])]
     whole = decode_on_device(images, SIZE, "cpu")
@@ -88,8 +88,8 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     JPEGs and wrong names it handles itself, as without deferral."""
     from PIL import Image
 
-    from encoders.clip import ClipEmbedder
-    from encoders.decode import MediaDecoder
+    from shoplens.encoders.clip import ClipEmbedder
+    from shoplens.encoders.decode import MediaDecoder
 
     rotated = io.BytesIO()
     exif = Image.Exif()

@@ -6,8 +6,8 @@ import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, bomb_png as bomb_side, encode, photo_bytes, sample_photo
 from PIL import Image
 
-from encoders.decode import MediaDecoder
-from encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, read_media
+from shoplens.encoders.decode import MediaDecoder
+from shoplens.encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, read_media
 
 SIZE = 64
 

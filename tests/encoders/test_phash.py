@@ -3,8 +3,8 @@
 import numpy as np
 from conftest import SAMPLE_PHOTOS, sample_photo
 
-from encoders.media import load_image
-from encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
+from shoplens.encoders.media import load_image
+from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
 
 
 def full_picture(name: str) -> np.ndarray:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import SHOTS, mjpeg_stream, sample_video, shots_video, write_video
 
-from encoders.decode import MediaDecoder
-from encoders.media import ERROR, OK, SKIPPED, MediaError
-from encoders.video import FrameSampling, VideoLimits, sample_frames
+from shoplens.encoders.decode import MediaDecoder
+from shoplens.encoders.media import ERROR, OK, SKIPPED, MediaError
+from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 
 SIZE = 64
 
@@ -122,7 +122,7 @@ def test_ffmpeg_opens_no_playlist_even_past_the_content_check(tmp_path, monkeypa
     """The second door: FFmpeg itself is held to the known containers' demuxers and to files."""
     import cv2
 
-    from encoders.video import FFMPEG_OPTIONS
+    from shoplens.encoders.video import FFMPEG_OPTIONS
 
     playlist = tmp_path / "list.m3u8"
     playlist.write_bytes(hls_playlist(sample_video()))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import MICRO, sample_photo
 
-from encoders.clip import ClipEncoder, ClipSpec
-from encoders.media import decode_image
-from encoders.weights import PACKAGED_CONFIGS, WeightsError, resolve_weights
+from shoplens.encoders.clip import ClipEncoder, ClipSpec
+from shoplens.encoders.media import decode_image
+from shoplens.encoders.weights import PACKAGED_CONFIGS, WeightsError, resolve_weights
 
 
 def test_random_weights_are_named_in_provenance():

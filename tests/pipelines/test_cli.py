@@ -10,7 +10,7 @@ import pytest
 from conftest import MICRO, write_manifest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from shoplens.pipelines.cli import app
 
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 
@@ -20,12 +20,12 @@ def last_json(stdout: str) -> dict:
 
 
 def shoplens(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", "from pipelines.cli import main; main()", *args]
+    command = [sys.executable, "-c", "from shoplens.pipelines.cli import main; main()", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy())
 
 
 def test_help_is_fast_and_loads_no_model():
-    probe = "import sys; from pipelines.cli import app; print(sorted({'torch', 'open_clip', 'cv2', 'ray', 'lancedb'} & set(sys.modules)))"
+    probe = "import sys; from shoplens.pipelines.cli import app; print(sorted({'torch', 'open_clip', 'cv2', 'ray', 'lancedb'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     result = shoplens("ingest", "--help")
@@ -101,7 +101,7 @@ def test_exit_code_1_when_the_job_itself_fails(tmp_path):
     says so in one JSON line with exit code 1 (not a usage error: the flags were right)."""
     import lancedb
 
-    from pipelines.synthetic import embedding_like, synthetic_items
+    from benchmarks.synthetic import embedding_like, synthetic_items
 
     db = str(tmp_path / "db")
     lancedb.connect(db).create_table("items", synthetic_items(embedding_like(20, 16)))

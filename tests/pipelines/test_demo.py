@@ -1,7 +1,7 @@
 import csv
 
-from pipelines.demo import SAMPLE_PRODUCTS, SAMPLE_VIDEOS, build_catalog
-from pipelines.manifest import read_manifest
+from shoplens.pipelines.demo import SAMPLE_PRODUCTS, SAMPLE_VIDEOS, build_catalog
+from shoplens.pipelines.ingest.manifest import read_manifest
 
 
 def test_demo_catalog_is_a_valid_manifest_of_shipped_media(tmp_path):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, flip_bits, sample_photo
 
-from encoders.media import load_image
-from encoders.phash import hamming, hash_bytes, pdq_hash
-from safety.hashbank import HashBank
-from safety.policy import load_policy
+from shoplens.encoders.media import load_image
+from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
+from shoplens.safety.hashbank import HashBank
+from shoplens.safety.policy import load_policy
 
 RULES = load_policy().hash_bank  # the shipped policy's: distance <= 31, quality >= 50
 

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from safety.heads import EmbeddingHeads, train_heads
+from shoplens.safety.heads import EmbeddingHeads, train_heads
 
 
 def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_encoder, tmp_path):
@@ -28,7 +28,7 @@ def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_en
 def test_heads_of_another_width_or_model_do_not_fit(micro_encoder):
     import pytest
 
-    from safety.policy import PolicyError
+    from shoplens.safety.policy import PolicyError
 
     heads = EmbeddingHeads(["weapons"], np.zeros((1, 7)), np.zeros(1), micro_encoder.provenance)
     with pytest.raises(PolicyError, match="take 7-d embeddings"):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, sample_photo
 
-from encoders.media import decode_image
-from safety.pixels import ImageSafetyS, OpenNsfw
-from safety.policy import load_policy
+from shoplens.encoders.media import decode_image
+from shoplens.safety.pixels import ImageSafetyS, OpenNsfw
+from shoplens.safety.policy import load_policy
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from safety.policy import BLOCK, REVIEW, UNSCORED, ALLOW, DEFAULT_POLICY, PolicyError, load_policy
+from shoplens.safety.policy import BLOCK, REVIEW, UNSCORED, ALLOW, DEFAULT_POLICY, PolicyError, load_policy
 
 
 def test_the_shipped_policy_is_versioned_and_covers_the_categories():
@@ -58,7 +58,7 @@ def test_decisions_follow_the_thresholds_and_unscored_is_never_allow():
 
 
 def test_thresholds_take_the_best_recall_at_the_precision_asked():
-    from safety.calibration import roc_auc, threshold_for_precision
+    from shoplens.safety.fitting import roc_auc, threshold_for_precision
 
     scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     y = np.array([1, 1, 0, 1, 1, 0, 0, 1])
@@ -80,7 +80,7 @@ def test_a_category_named_like_a_reserved_column_is_refused(tmp_path):
 
 
 def test_logit_and_sigmoid_are_inverse_and_clip_certainties():
-    from safety.policy import logit, sigmoid
+    from shoplens.safety.policy import logit, sigmoid
 
     p = np.array([0.0, 1e-9, 0.1, 0.5, 0.9, 1.0])
     z = logit(p)
@@ -91,7 +91,7 @@ def test_logit_and_sigmoid_are_inverse_and_clip_certainties():
 
 
 def test_a_calibration_combines_the_logits_of_its_signals_and_an_absent_signal_adds_nothing():
-    from safety.policy import CategoryCalibration
+    from shoplens.safety.policy import CategoryCalibration
 
     calibration = CategoryCalibration(bias=-1.0, weights={"heads": 2.0, "open_nsfw": 0.5, "absent": 7.0})
     signals = {"heads": np.array([0.5, 0.9, np.nan, 0.5]), "open_nsfw": np.array([0.5, 0.5, 0.9, 0.1]),
@@ -102,7 +102,7 @@ def test_a_calibration_combines_the_logits_of_its_signals_and_an_absent_signal_a
 
 
 def test_a_calibrated_category_takes_its_combination_and_the_others_the_largest_signal():
-    from safety.policy import CategoryCalibration
+    from shoplens.safety.policy import CategoryCalibration
 
     calibration = {"weapons": CategoryCalibration(bias=0.0, weights={"heads": 1.0})}
     policy = load_policy().model_copy(update={"calibration": calibration})
@@ -119,7 +119,7 @@ def test_a_calibrated_category_takes_its_combination_and_the_others_the_largest_
 def test_the_heads_file_is_relative_to_the_policy_file():
     from pathlib import Path
 
-    from safety.policy import Policy
+    from shoplens.safety.policy import Policy
 
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
     def policy(**fields) -> Policy:
@@ -134,7 +134,7 @@ def test_the_heads_file_is_relative_to_the_policy_file():
 def test_the_stored_policy_text_keeps_the_files_order_and_its_characters():
     """What the database stores (`policy_yaml`) reads back as the same policy, its keys and
     categories in the file's order, its prompts as written (not escaped)."""
-    from safety.policy import parse_policy, policy_yaml
+    from shoplens.safety.policy import parse_policy, policy_yaml
 
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
     document["categories"]["weapons"]["prompts"].append("un couteau à cran d'arrêt, ナイフ")

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from safety.policy import load_policy
-from safety.prompts import PromptBank
+from shoplens.safety.policy import load_policy
+from shoplens.safety.prompts import PromptBank
 
 MODEL = "open_clip/shoplens-micro/random-seed0"
 

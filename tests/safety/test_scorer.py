@@ -7,12 +7,12 @@ import pytest
 import yaml
 from conftest import flip_bits, sample_photo
 
-from encoders.decode import MediaDecoder
-from encoders.media import ERROR, OK
-from safety.hashbank import HashBank
-from safety.heads import EmbeddingHeads
-from safety.policy import BLOCK, REVIEW, UNSCORED, PolicyError, load_policy
-from safety.scorer import SafetyScorer
+from shoplens.encoders.decode import MediaDecoder
+from shoplens.encoders.media import ERROR, OK
+from shoplens.safety.hashbank import HashBank
+from shoplens.safety.heads import EmbeddingHeads
+from shoplens.safety.policy import BLOCK, REVIEW, UNSCORED, PolicyError, load_policy
+from shoplens.safety.scorer import SafetyScorer
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png"]
 

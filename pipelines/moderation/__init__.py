@@ -1,0 +1,1 @@
+"""The moderation loop: review export and label import, hash-bank additions, calibration, rescoring."""

@@ -1,0 +1,1 @@
+"""The store, the only door to the LanceDB tables: schemas, migrations, typed reads and writes, indexes."""
