@@ -39,8 +39,8 @@ def make_table(folder: Path, rows: int, dim: int = 512, chunk: int = 20_000) -> 
     import pyarrow as pa
     import skimage
     from PIL import Image
-
-    from shoplens.pipelines.store.database import ItemStore, items_schema
+    from shoplens.pipelines.store.database import ItemStore
+    from shoplens.pipelines.store.schemas import items_schema
     from shoplens.safety.policy import load_policy
 
     media = folder / "media"

@@ -31,9 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shoplens.pipelines.store.indexes import QueryTuning, build_indexes  # noqa: E402
 from shoplens.pipelines.search.memory_index import RowSet  # noqa: E402
-from shoplens.pipelines.search.searcher import SearchFilters, Searcher  # noqa: E402
+from shoplens.pipelines.search.searcher import Searcher, SearchFilters  # noqa: E402
+from shoplens.pipelines.store.indexes import QueryTuning, build_indexes  # noqa: E402
+
 from benchmarks.synthetic import embedding_like, mixed_decisions, synthetic_items  # noqa: E402
 
 TEXT_MODEL = "open_clip/ViT-B-32/random-seed0"  # the provenance `Searcher` rebuilds the query encoder from

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from shoplens.pipelines.store.database import UNSCORED, items_schema
+from shoplens.encoders.rows import UNSCORED
+from shoplens.pipelines.store.schemas import items_schema
 from shoplens.safety.policy import load_policy
 
 KINDS = ("product", "video", "live")

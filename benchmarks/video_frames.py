@@ -36,7 +36,6 @@ def clip_path() -> Path:
 def naive_seek(path: str, indices, size: int) -> np.ndarray:
     """The obvious way: seek to each wanted frame and read it."""
     import cv2
-
     from shoplens.encoders.video import to_model_pixels
 
     capture = cv2.VideoCapture(path)
@@ -60,7 +59,6 @@ def per_cpu_second(work, repeats: int) -> tuple[float, int]:
 
 def sampling_figures(repeats: int) -> dict:
     import cv2
-
     from shoplens.encoders.video import FrameSampling, sample_frames
 
     cv2.setNumThreads(1)
@@ -111,10 +109,10 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
     """(frames written, seconds, model, the pool plan) of one ingest of `videos` copies of the
     clip with `uniform:8`, Ray's start-up included."""
     import ray
-
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
     from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
-    from shoplens.pipelines.store.database import FRAMES, ItemStore
+    from shoplens.pipelines.store.database import ItemStore
+    from shoplens.pipelines.store.schemas import FRAMES
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -5,14 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from shoplens.encoders.decode import DEFERRED_COLUMNS
+from shoplens.encoders.media import text_or_none
+from shoplens.encoders.rows import ERROR, OK
+from shoplens.encoders.weights import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    RANDOM_SEED,
+    REMEDY,
+    ModelSource,
+    WeightsError,
+    query_weights,
+    register_packaged_configs,
+    resolve_weights,
+)
 
-from shoplens.encoders.media import ERROR, OK, text_or_none
-from shoplens.encoders.weights import RANDOM_SEED, REMEDY, ModelSource, WeightsError, register_packaged_configs, resolve_weights
 
 @dataclass(frozen=True)
 class ClipSpec:
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -24,6 +36,19 @@ def pick_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     return device
+
+
+def query_encoder(provenance: str, pretrained: str | None = None, device: str = "auto") -> ClipEncoder:
+    """The encoder of stored vectors made by the model of `provenance` (search queries, rescoring):
+    rebuilt from it, or from the user's `pretrained` weights, and refused unless it is that model."""
+    architecture, weights = query_weights(provenance, pretrained)
+    encoder = ClipEncoder(ClipSpec(architecture, weights, device))
+    if encoder.provenance != provenance:
+        raise WeightsError(
+            f"the table was embedded with {provenance}, but the query encoder is {encoder.provenance}: "
+            "their vectors cannot be compared"
+        )
+    return encoder
 
 
 class ClipEncoder:
@@ -126,6 +151,9 @@ class ClipEmbedder:
     are dropped unless `keep_pixels` (for a pixel-model stage that follows in the same process).
     """
 
+    reads = ("status", "error", "title", "pixels", "pdq", "pdq_quality", *DEFERRED_COLUMNS)
+    adds = ("vector", "text_vector", "frame_vectors", "model")
+
     def __init__(
         self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, max_frames_per_call: int = 256,
         keep_pixels: bool = False,
@@ -134,6 +162,10 @@ class ClipEmbedder:
         # The chunk bounds memory for batches of long videos.
         self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source, chunk=max_frames_per_call)
         self.keep_pixels = keep_pixels
+
+    @property
+    def drops(self) -> tuple[str, ...]:
+        return DEFERRED_COLUMNS if self.keep_pixels else ("pixels", *DEFERRED_COLUMNS)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = batch["status"].astype(object)
@@ -161,7 +193,7 @@ class ClipEmbedder:
         broken = (status == OK) & ~finite
         status[broken] = ERROR
         error[broken] = "the model produced a non-finite embedding"
-        out = {k: v for k, v in batch.items() if k != "pixels" or self.keep_pixels}
+        out = {k: v for k, v in batch.items() if k not in self.drops}
         out.update(
             status=status,
             error=error,
@@ -191,8 +223,7 @@ class ClipEmbedder:
             else:
                 frames[i] = on_host[k : k + 1]
                 pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
-        unused = ("encoded", "exif_orientation", "jpeg_pixels")
-        return {k: v for k, v in batch.items() if k not in unused} | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
+        return batch | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
 
 
 def per_row(column: np.ndarray) -> np.ndarray:

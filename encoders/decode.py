@@ -13,18 +13,31 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from shoplens.encoders.device_decode import decode_on_cpu, jpeg_header
-from shoplens.encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
+from shoplens.encoders.media import (
+    ImageLimits,
+    MediaError,
+    check_extension,
+    local_copy,
+    read_media,
+    text_or_none,
+)
+from shoplens.encoders.rows import ERROR, OK, PRODUCT, SKIPPED
 from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
+# What a deferred JPEG carries to the embed stage: its bytes, and its header's orientation and size.
+DEFERRED_COLUMNS = ("encoded", "exif_orientation", "jpeg_pixels")
 
 
 class MediaDecoder:
     """Decode stage. A row whose bytes hash to its `known_sha256` (stored by an earlier run with
     the same model and fields) is marked `skipped` and not decoded. Errors are data: they go to
     the row's `error`, and the batch goes on."""
+
+    reads = ("item_id", "kind", "media_uri", "status", "error", "frames", "known_sha256")
+    adds = ("media_sha256", "note", "pixels", "frame_index", "timestamp_s", "pdq", "pdq_quality", *DEFERRED_COLUMNS)
+    drops = ()
 
     def __init__(
         self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits(),
@@ -78,7 +91,7 @@ class MediaDecoder:
 
     def _decode_row(self, batch, i: int, out: dict) -> tuple | None:
         uri, known = batch["media_uri"][i], text_or_none(batch["known_sha256"][i])
-        if batch["kind"][i] == "product":
+        if batch["kind"][i] == PRODUCT:
             data = read_media(uri, self.image_limits.max_bytes, self.media_root)
             out["media_sha256"][i] = hashlib.sha256(data).hexdigest()
             if out["media_sha256"][i] == known:

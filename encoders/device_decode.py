@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-
 from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
 from shoplens.encoders.phash import pdq_hash, pdq_hashes
 

@@ -19,10 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-OK = "ok"
-ERROR = "error"
-SKIPPED = "skipped"  # unchanged since the last run: not decoded, not written
-
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from shoplens.encoders.media import MediaError
 
 DEFAULT_SAMPLING = "uniform:8"
@@ -168,7 +167,6 @@ class _Reader:
     def take(self, index: int, frame_bgr: np.ndarray) -> tuple:
         """(index, timestamp, model pixels, PDQ hash, its quality) of a retrieved frame."""
         import cv2
-
         from shoplens.encoders.phash import pdq_hash
 
         pixels = to_model_pixels(frame_bgr, self.size)

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shoplens.encoders.errors import UsageError
+
+# The model a job uses unless told otherwise.
+DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 RANDOM = "random"
 LOCAL_DIR = "local-dir:"
 RANDOM_SEED = 0
@@ -29,7 +33,7 @@ REMEDY = (
 )
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UsageError):
     """Weights that cannot be found or loaded; the message says what to do instead."""
 
 
@@ -71,9 +75,9 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
         "embed_dim": int(config["embed_dim"]),
     }
     if pretrained == RANDOM:
-        return ModelSource(model, pretrained, None, f"open_clip/{model}/random-seed{RANDOM_SEED}", **shape)
+        return ModelSource(model, pretrained, None, format_provenance(model, f"{RANDOM}-seed{RANDOM_SEED}"), **shape)
     if os.path.isfile(pretrained):
-        return ModelSource(model, pretrained, pretrained, f"open_clip/{model}/{file_digest(pretrained)}", **shape)
+        return ModelSource(model, pretrained, pretrained, format_provenance(model, file_digest(pretrained)), **shape)
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -88,7 +92,37 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
                 f"weights {model}/{pretrained} are not in the local cache and {host} cannot be "
                 f"reached. {REMEDY}"
             )
-    return ModelSource(model, pretrained, None, f"open_clip/{model}/{pretrained}", **shape)
+    return ModelSource(model, pretrained, None, format_provenance(model, pretrained), **shape)
+
+
+def format_provenance(architecture: str, weights: str) -> str:
+    """The `model` column's value: `open_clip/<architecture>/<weights>`, where weights are a tag,
+    `random-seed0`, or `sha256:<16 hex>` of a checkpoint file (and architecture may be
+    `local-dir:<folder name>`)."""
+    return f"open_clip/{architecture}/{weights}"
+
+
+def parse_provenance(provenance: str) -> tuple[str, str]:
+    """(architecture, weights) of a provenance string; a WeightsError for anything else."""
+    family, _, rest = provenance.partition("/")
+    architecture, _, weights = rest.partition("/")
+    if family != "open_clip" or not architecture or not weights:
+        raise WeightsError(f"{provenance!r} is not a model provenance (open_clip/ARCHITECTURE/WEIGHTS)")
+    return architecture, weights
+
+
+def query_weights(provenance: str, pretrained: str | None) -> tuple[str, str]:
+    """(architecture, --pretrained) that rebuild the model of `provenance`: a tag or seeded random
+    weights rebuild themselves; a checkpoint (`sha256:...`) or `local-dir:` needs the user's
+    weights (`--pretrained PATH`), which the caller checks against the provenance."""
+    architecture, weights = parse_provenance(provenance)
+    if pretrained is not None:
+        return architecture, pretrained
+    if weights == f"{RANDOM}-seed{RANDOM_SEED}":
+        return architecture, RANDOM
+    if weights.startswith("sha256:") or architecture.startswith(LOCAL_DIR):
+        raise WeightsError(f"the table was embedded with local weights ({provenance}): pass them with --pretrained")
+    return architecture, weights
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -119,7 +153,7 @@ def _local_dir_source(pretrained: str) -> ModelSource:
         model=f"{LOCAL_DIR}{folder}",
         pretrained=pretrained,
         checkpoint=None,
-        provenance=f"open_clip/local-dir:{folder.name}/{file_digest(weights[0])}",
+        provenance=format_provenance(f"{LOCAL_DIR}{folder.name}", file_digest(weights[0])),
         image_size=_side(model_cfg["vision_cfg"]["image_size"]),
         embed_dim=int(model_cfg["embed_dim"]),
     )

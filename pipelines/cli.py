@@ -12,28 +12,22 @@ import sys
 from pathlib import Path
 
 import typer
+from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_ITEMS_FAILED = 0, 1, 2, 3
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
-    from shoplens.encoders.weights import WeightsError
-    from shoplens.pipelines.ingest.manifest import ManifestError
-    from shoplens.pipelines.ingest.ray_adapter import ClusterError
-    from shoplens.pipelines.store.database import StoreError
-    from shoplens.safety.policy import PolicyError
+def run_job(job) -> None:
+    """Runs `job() -> summary dict`, prints the summary and exits with the design's exit code:
+    a UsageError, whichever room raised it, is exit code 2."""
+    from shoplens.encoders.errors import UsageError
 
-    return ManifestError, WeightsError, StoreError, ClusterError, PolicyError
-
-
-def run_job(job, usage_errors: tuple[type[Exception], ...] = ()) -> None:
-    """Runs `job() -> summary dict`, prints the summary and exits with the design's exit code."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="shoplens: %(message)s")
     try:
         summary = job()
-    except (*_usage_errors(), *usage_errors) as e:
+    except UsageError as e:
         _usage(str(e))
     except Exception as e:  # the job itself failed: say so in one line, keep the trace on stderr
         logging.getLogger("shoplens").exception("job failed")
@@ -54,9 +48,9 @@ def progress_bar(total: int, label: str):
 def ingest(
     manifest: str = typer.Argument(..., help="CSV, JSON Lines or Parquet manifest, one row per item: a path, s3:// or gs:// URI."),
     db: str = typer.Option(..., "--db", help="LanceDB database: a folder, s3:// or gs:// URI."),
-    model: str = typer.Option("ViT-B-32", help="Any OpenCLIP architecture name."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Any OpenCLIP architecture name."),
     pretrained: str = typer.Option(
-        "laion2b_s34b_b79k", help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
+        DEFAULT_PRETRAINED, help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     device_decode: str = typer.Option("auto", help="Decode JPEGs on the embedding device (nvJPEG): auto (on GPUs), on, off."),
@@ -67,7 +61,8 @@ def ingest(
     ray_address: str = typer.Option(None, help="Ray cluster to join (default: a running one, else a local one)."),
 ) -> None:
     """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
-    from shoplens.pipelines.ingest.job import IngestConfig, ingest as run_ingest
+    from shoplens.pipelines.ingest.job import IngestConfig
+    from shoplens.pipelines.ingest.job import ingest as run_ingest
 
     config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained, device=device,
                      device_decode=device_decode, frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
@@ -109,8 +104,9 @@ def search(
     """Search the items table by text, image or item, with filters."""
     from dataclasses import replace
 
+    from shoplens.encoders.rows import PRODUCT
+    from shoplens.pipelines.search.searcher import FIELDS, Searcher, SearchFilters
     from shoplens.pipelines.store.indexes import QueryTuning
-    from shoplens.pipelines.search.searcher import FIELDS, SearchError, SearchFilters, Searcher
 
     if sum(q is not None for q in (text, image, item, video)) != 1:
         _usage("give exactly one of --text, --image, --item, --video")
@@ -136,13 +132,13 @@ def search(
         elif item is not None:
             hits = searcher.by_item(item, k, filters)
         else:
-            hits = searcher.by_video(video, k, replace(filters, kind=filters.kind or "product"))
+            hits = searcher.by_video(video, k, replace(filters, kind=filters.kind or PRODUCT))
         for rank, hit in enumerate(hits, 1):
             at = f"  at {hit['timestamp_s']:.1f} s" if "timestamp_s" in hit else ""
             typer.echo(f"{rank:>3}  {hit['score']:.4f}  {hit['item_id']:<24} {hit['kind']:<8} {hit['title'] or ''}{at}")
         return {"command": "search", "model": searcher.model, "count": len(hits)} | ({"results": hits} if as_json else {})
 
-    run_job(job, usage_errors=(SearchError,))
+    run_job(job)
 
 
 safety_app = typer.Typer(no_args_is_help=True, help="The safety policy and the bank of known violating media.")
@@ -153,13 +149,6 @@ app.add_typer(safety_app, name="safety")
 safety_app.add_typer(bank_app, name="bank")
 app.add_typer(features_app, name="features")
 app.add_typer(review_app, name="review")
-
-
-def _review_errors() -> tuple[type[Exception], ...]:
-    from shoplens.pipelines.moderation.review_queue import ReviewError
-    from shoplens.safety.review_format import ReviewFormatError
-
-    return ReviewError, ReviewFormatError
 
 
 @review_app.command("export")
@@ -174,7 +163,7 @@ def review_export(
     """Export the review queue with evidence, in Label Studio's task format and flat files."""
     from shoplens.pipelines.moderation.review_queue import export_queue
 
-    run_job(lambda: export_queue(db, out, limit, categories, include_blocked, evidence_prefix), usage_errors=_review_errors())
+    run_job(lambda: export_queue(db, out, limit, categories, include_blocked, evidence_prefix))
 
 
 @review_app.command("import")
@@ -185,7 +174,7 @@ def review_import(
     """Import reviewers' decisions into the `labels` table (all or nothing)."""
     from shoplens.pipelines.moderation.review_queue import import_labels
 
-    run_job(lambda: import_labels(db, file), usage_errors=_review_errors())
+    run_job(lambda: import_labels(db, file))
 
 
 @safety_app.command("calibrate")
@@ -197,7 +186,7 @@ def safety_calibrate(
     """Fit the policy to reviewers' labels: heads, calibration, thresholds; store a new version."""
     from shoplens.pipelines.moderation.calibrate import calibrate
 
-    run_job(lambda: calibrate(db, target_precision, review_precision), usage_errors=_review_errors())
+    run_job(lambda: calibrate(db, target_precision, review_precision))
 
 
 @safety_app.command("rescore")
@@ -209,10 +198,9 @@ def safety_rescore(
                                 "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
 ) -> None:
     """Apply the database's current policy to stored scores and embeddings, without re-embedding."""
-    from shoplens.pipelines.moderation.calibrate import rescore
-    from shoplens.pipelines.search.searcher import SearchError
+    from shoplens.pipelines.moderation.rescore import rescore
 
-    run_job(lambda: rescore(db, pretrained, device, policy), usage_errors=(*_review_errors(), SearchError))
+    run_job(lambda: rescore(db, pretrained, device, policy))
 
 
 @bank_app.command("add")
@@ -235,9 +223,9 @@ def features_export(
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
 ) -> None:
     """Write one row of ranking features per item (Parquet, keyed by item_id, with event_timestamp)."""
-    from shoplens.pipelines.store.features_export import FeaturesError, export_features
+    from shoplens.pipelines.store.features_export import export_features
 
-    run_job(lambda: export_features(db, out), usage_errors=(FeaturesError,))
+    run_job(lambda: export_features(db, out))
 
 
 @app.command()

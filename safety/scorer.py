@@ -20,15 +20,19 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-
-from shoplens.encoders.media import OK, text_or_none
+from shoplens.encoders.media import text_or_none
+from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, risk_column
 from shoplens.safety.hashbank import HashBank
-from shoplens.safety.heads import EmbeddingHeads
+from shoplens.safety.heads import EmbeddingHeads, policy_heads
 from shoplens.safety.pixels import PIXEL_MODELS
-from shoplens.safety.policy import UNSCORED, Policy, PolicyError
+from shoplens.safety.policy import Policy, PolicyError
 from shoplens.safety.prompts import PromptBank
 
 TITLE_SIGNAL = "title_prompt_bank"
+# What scoring adds besides `risk_<category>`: per item, and per frame ([F] or [F, C] per row).
+ITEM_SCORE_COLUMNS = ("risk", "decision", "safety_version", "safety_error", "evidence_timestamp_s", "risk_topk_mean",
+                      "frames_over_review", "hash_match", "signal_scores")
+FRAME_SCORE_COLUMNS = ("frame_signal_scores", "frame_risks", "frame_hash_match")
 
 
 class _Signal:
@@ -65,6 +69,10 @@ class SafetyScorer:
     ):
         self.policy, self.bank = policy, bank
         names = policy.names
+        frame_inputs = ("frame_signal_scores",) if stored_pixel_scores else ("pixels",)
+        self.reads = ("status", "kind", "title", "text_vector", "frame_vectors", *frame_inputs, "pdq", "pdq_quality", "timestamp_s")
+        self.adds = (*map(risk_column, names), *ITEM_SCORE_COLUMNS, *(c for c in FRAME_SCORE_COLUMNS if c not in frame_inputs))
+        self.drops = ()
         identity = np.eye(len(names), dtype=bool)
         prompts = PromptBank(policy, encode_texts, model)
         self.frame_signals, self.title_signals = [], []
@@ -72,7 +80,7 @@ class SafetyScorer:
             self.frame_signals.append(_Signal("prompt_bank", "vectors", prompts, names, identity))
         if "title" in policy.prompt_bank.fields:
             self.title_signals.append(_Signal(TITLE_SIGNAL, "vectors", prompts, names, identity))
-        heads = heads or (EmbeddingHeads.load(policy.heads_path()) if policy.heads else None)
+        heads = heads if heads is not None else policy_heads(policy)  # as the store or the file gave them
         if heads is not None:
             if heads.model != model:
                 raise PolicyError(f"the policy's heads were trained on {heads.model} embeddings, not {model}")
@@ -189,7 +197,7 @@ class SafetyScorer:
                 item_risks[i] = np.nanmax(frame_risks[mine], axis=0)
             topk_mean[i] = np.sort(frame_max[mine])[::-1][: self.policy.aggregation.top_k].mean()
             over_review[i] = int(reaching_review[mine].sum())
-            if batch["kind"][i] != "product":
+            if batch["kind"][i] != PRODUCT:
                 evidence[i] = batch["timestamp_s"][i][np.argmax(frame_max[mine])]
             hash_match[i] = next((m for m in frame_hash_match[mine] if m is not None), None)
 
@@ -207,7 +215,7 @@ class SafetyScorer:
         with _all_nan_ok():
             risk = np.nanmax(item_risks, axis=1) if len(names) else np.full(n, np.nan)
         return {
-            **{f"risk_{c}": item_risks[:, k] for k, c in enumerate(names)},
+            **{risk_column(c): item_risks[:, k] for k, c in enumerate(names)},
             "risk": risk.astype(np.float32),
             "decision": decisions,
             "safety_version": np.full(n, self.policy.version, dtype=object),

@@ -5,7 +5,6 @@ there; a stage of its own would ship every frame across processes again."""
 from __future__ import annotations
 
 import numpy as np
-
 from shoplens.encoders.clip import ClipEmbedder, ClipSpec
 from shoplens.encoders.weights import ModelSource
 from shoplens.safety.hashbank import HashBank
@@ -22,8 +21,10 @@ class EmbedAndScore:
         self.embedder = ClipEmbedder(spec, num_threads=num_threads, source=source, keep_pixels=True)
         encoder = self.embedder.encoder
         self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads)
+        self.reads = (*self.embedder.reads, *(c for c in self.scorer.reads if c not in self.embedder.adds))
+        self.adds = (*self.embedder.adds, *self.scorer.adds)
+        self.drops = (*self.embedder.drops, "pixels")  # the pixel models' input, never shipped on
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scored = self.scorer(self.embedder(batch))
-        scored.pop("pixels")
-        return scored
+        return {k: v for k, v in scored.items() if k not in self.drops}

@@ -242,9 +242,10 @@ def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media
     committed by the store's writer (skipped rows are not written). For fast tests of what reads
     a scored table; the Ray job itself is tested by the slow tests."""
     from shoplens.encoders.decode import MediaDecoder
-    from shoplens.encoders.media import SKIPPED
+    from shoplens.encoders.rows import SKIPPED
     from shoplens.pipelines.ingest.manifest import read_manifest
-    from shoplens.pipelines.store.database import ItemStore, PendingWrites
+    from shoplens.pipelines.ingest.writer import PendingWrites
+    from shoplens.pipelines.store.database import ItemStore
     from shoplens.safety.stage import EmbedAndScore
 
     store = ItemStore(db)
@@ -275,7 +276,7 @@ def rescored_db(tmp_path_factory) -> str:
     `coffee` and `rocket` with both pixel models; `astronaut`, `chelsea` and `broken` (not an
     image) under a policy with open_nsfw only, so their stored outputs lack image_safety_s, which
     the database's policy then uses. Returns the database; `rescore`'s summary is in `summary.json`."""
-    from shoplens.pipelines.moderation.calibrate import rescore
+    from shoplens.pipelines.moderation.rescore import rescore
     from shoplens.pipelines.store.database import ItemStore
     from shoplens.safety.policy import load_policy
 

@@ -14,16 +14,28 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
-
 from shoplens.encoders.clip import ClipSpec
 from shoplens.encoders.decode import MediaDecoder
-from shoplens.encoders.media import ERROR, OK, SKIPPED, text_or_none
+from shoplens.encoders.media import text_or_none
+from shoplens.encoders.rows import ERROR, OK, SKIPPED
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
-from shoplens.encoders.weights import ModelSource, resolve_weights
-from shoplens.pipelines.moderation.bank_add import block_stored_matches
+from shoplens.encoders.weights import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ModelSource,
+    resolve_weights,
+)
 from shoplens.pipelines.ingest.manifest import read_manifest
-from shoplens.pipelines.ingest.ray_adapter import apply_stage, cluster_resources, init_ray, plan_pools
-from shoplens.pipelines.store.database import ItemStore, PendingWrites
+from shoplens.pipelines.ingest.ray_adapter import (
+    apply_stage,
+    cluster_resources,
+    init_ray,
+    plan_pools,
+)
+from shoplens.pipelines.ingest.writer import PendingWrites
+from shoplens.pipelines.moderation.bank_add import block_stored_matches
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import ITEMS
 from shoplens.safety.hashbank import HashBank
 from shoplens.safety.heads import load_policy_and_heads
 from shoplens.safety.policy import Policy
@@ -40,8 +52,8 @@ class IngestConfig(BaseModel):
 
     manifest: str  # a local path, or an s3:// or gs:// URI
     db: str
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # JPEGs decoded by the embed stage on its device (nvJPEG): `auto` does it where the embed stage has a GPU.
     device_decode: Literal["auto", "on", "off"] = "auto"
@@ -115,7 +127,7 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
     if heads is not None:
         heads.check_fits(source.provenance, source.embed_dim)
     table = store.items(source.embed_dim, policy.names)
-    if config.policy is not None and store.remember_policy(policy, heads) and table.count_rows():
+    if config.policy is not None and store.remember_policy(policy, heads) and store.count(ITEMS):
         log.warning("the database's policy is now %s: items skipped as unchanged keep their earlier decisions "
                     "until `shoplens safety rescore --db %s`", policy.version, config.db)
     frames_table = store.frames(source.embed_dim, policy.names)

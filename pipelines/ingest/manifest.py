@@ -16,20 +16,19 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
-
-from shoplens.encoders.media import ERROR, OK
+from shoplens.encoders.errors import UsageError
 from shoplens.encoders.object_store import REMOTE_SCHEMES, filesystem_for, is_remote
+from shoplens.encoders.rows import ERROR, KINDS, OK, PRODUCT
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
 
 log = logging.getLogger(__name__)
 
-KINDS = ("product", "video", "live")
 COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id", "frames")
 REQUIRED = ("item_id", "kind")
 
 
-class ManifestError(ValueError):
-    """The manifest as a whole cannot be used (a usage error: exit code 2)."""
+class ManifestError(UsageError):
+    """The manifest as a whole cannot be used."""
 
 
 @dataclass
@@ -133,12 +132,12 @@ def _check_row(value: dict, root: Path | str, default_frames: str) -> tuple[str 
     if kind not in KINDS:
         return None, None, f"kind must be one of {', '.join(KINDS)}, not {kind!r}"
     frames = None
-    if kind != "product":
+    if kind != PRODUCT:
         try:
             frames = str(FrameSampling.parse(value["frames"] or default_frames))
         except ValueError as e:
             return None, value["frames"], f"frames: {e}"
-    media_column = "image" if kind == "product" else "video"
+    media_column = "image" if kind == PRODUCT else "video"  # the manifest's columns
     ref = value[media_column]
     if ref is None:
         return None, frames, f"a {kind} needs a media path in its {media_column!r} column"

@@ -6,9 +6,11 @@ import logging
 import math
 from dataclasses import dataclass
 
+from shoplens.encoders.errors import UsageError
 
-class ClusterError(RuntimeError):
-    """The cluster cannot run the job as configured (a configuration error: exit code 2)."""
+
+class ClusterError(UsageError):
+    """The cluster cannot run the job as configured."""
 
 
 @dataclass(frozen=True)

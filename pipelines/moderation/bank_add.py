@@ -8,12 +8,13 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-
 from shoplens.encoders.media import ImageLimits, MediaError, load_image, read_media
 from shoplens.encoders.phash import pdq_hash
-from shoplens.pipelines.store.database import FRAMES, ITEMS, ItemStore
+from shoplens.encoders.rows import BLOCK
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 from shoplens.safety.hashbank import HashBank
-from shoplens.safety.policy import BLOCK, Policy, PolicyError
+from shoplens.safety.policy import Policy, PolicyError
 
 HASH_SIDE = 512  # PDQ downsamples to 64x64 itself: decoding beyond this buys nothing
 SCAN_ROWS = 65_536  # stored hashes matched a batch at a time: memory stays flat however large the tables
@@ -64,33 +65,26 @@ def block_stored_matches(store: ItemStore, bank: HashBank, policy: Policy) -> di
     where the item was scored. Returns how many items and frames matched."""
     import pyarrow as pa
 
-    items, frames = store.existing(ITEMS), store.existing(FRAMES)
     matched: dict[str, str] = {}  # item_id -> entry_id
     frame_updates = []
-    if frames is not None:
-        for batch in frames.to_lance().to_batches(columns=_present(frames, ["item_id", "frame_index", "pdq", "pdq_quality"]), batch_size=SCAN_ROWS):
-            entry = _matches(bank, batch, policy)
-            for k in np.flatnonzero(entry >= 0):
-                item_id = batch["item_id"][k].as_py()
-                matched.setdefault(item_id, bank.entry_ids[entry[k]])
-                frame_updates.append((item_id, batch["frame_index"][k].as_py(), bank.entry_ids[entry[k]], bank.categories[entry[k]]))
-    if items is not None:
-        for batch in items.to_lance().to_batches(columns=_present(items, ["item_id", "pdq", "pdq_quality"]), batch_size=SCAN_ROWS):
-            entry = _matches(bank, batch, policy)
-            for k in np.flatnonzero(entry >= 0):
-                matched.setdefault(batch["item_id"][k].as_py(), bank.entry_ids[entry[k]])
+    for batch in store.scan(FRAMES, ["item_id", "frame_index", "pdq", "pdq_quality"], SCAN_ROWS):
+        entry = _matches(bank, batch, policy)
+        for k in np.flatnonzero(entry >= 0):
+            item_id = batch["item_id"][k].as_py()
+            matched.setdefault(item_id, bank.entry_ids[entry[k]])
+            frame_updates.append((item_id, batch["frame_index"][k].as_py(), bank.entry_ids[entry[k]], bank.categories[entry[k]]))
+    for batch in store.scan(ITEMS, ["item_id", "pdq", "pdq_quality"], SCAN_ROWS):
+        entry = _matches(bank, batch, policy)
+        for k in np.flatnonzero(entry >= 0):
+            matched.setdefault(batch["item_id"][k].as_py(), bank.entry_ids[entry[k]])
     if frame_updates:
-        store.block_frames(frames, pa.table({
+        store.block_frames(pa.table({
             "item_id": [f[0] for f in frame_updates], "frame_index": pa.array([f[1] for f in frame_updates], pa.int64()),
             "hash_match": [f[2] for f in frame_updates], "category": [f[3] for f in frame_updates],
         }))
     if matched:
-        store.block_items(items, matched, dict(zip(bank.entry_ids, bank.categories)), BLOCK)
+        store.block_items(matched, dict(zip(bank.entry_ids, bank.categories)), BLOCK)
     return {"items": len(matched), "frames": len(frame_updates)}
-
-
-def _present(table, columns: list[str]) -> list[str]:
-    return [c for c in columns if c in table.schema.names]
 
 
 def _matches(bank: HashBank, batch, policy: Policy) -> np.ndarray:

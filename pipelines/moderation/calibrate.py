@@ -1,22 +1,25 @@
-"""`shoplens safety calibrate` and `shoplens safety rescore`: a new policy version fitted to the
-reviewers' labels, and stored items decided again by the current policy without re-embedding."""
+"""`shoplens safety calibrate`: a new policy version fitted to the reviewers' labels."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import numpy as np
-
+from shoplens.encoders.rows import OK, risk_column
 from shoplens.pipelines.moderation.review_queue import ReviewError
-from shoplens.pipelines.store.database import ITEMS, LABELS, ItemStore, PendingWrites
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import ITEMS, LABELS
 from shoplens.safety.fitting import (
-    MIN_VIOLATING_FOR_HEAD, Figures, category_signals, fit_calibration, held_out, threshold_for_precision, too_few,
+    MIN_VIOLATING_FOR_HEAD,
+    Figures,
+    category_signals,
+    fit_calibration,
+    held_out,
+    threshold_for_precision,
+    too_few,
 )
 from shoplens.safety.heads import train_heads
-
-FETCH_ROWS = 1024
 
 
 def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 0.5) -> dict:
@@ -25,22 +28,17 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
     reaching `target_precision` (and the review threshold reaching `review_precision`) with the
     best recall, all on ~70% of the labelled items; reports precision, recall and ROC-AUC
     before and after on the other 30%. Stores the result as a new policy version."""
-    from lancedb.expr import col
-
     if not 0 < review_precision <= target_precision <= 1:
         raise ReviewError("need 0 < --review-precision <= --target-precision <= 1")
     store = ItemStore(db)
-    items, labels = store.existing(ITEMS), store.existing(LABELS)
-    if items is None or labels is None or labels.count_rows() == 0:
+    if not store.has(ITEMS) or store.count(LABELS) == 0:
         raise ReviewError(f"{db}: no labels; import reviewers' decisions with `shoplens review import` first")
     policy, _ = store.policy()
-    labelled = labels.to_arrow().to_pylist()
+    labelled = store.read(LABELS, ["item_id", "category", "violating"]).to_pylist()
     ids = sorted({row["item_id"] for row in labelled})
-    columns = ["item_id", "status", "model", "vector", "signal_scores", *(f"risk_{c}" for c in policy.names)]
-    rows = {}
-    for start in range(0, len(ids), FETCH_ROWS):
-        fetched = items.search().where(col("item_id").isin(ids[start : start + FETCH_ROWS])).select(columns).limit(None).to_list()
-        rows |= {r["item_id"]: r for r in fetched if r["status"] == "ok" and r["vector"] is not None and r["signal_scores"]}
+    columns = ["item_id", "model", "vector", "signal_scores", *map(risk_column, policy.names)]
+    fetched = store.read(ITEMS, columns, item_ids=ids, status=OK).to_pylist()
+    rows = {r["item_id"]: dict.fromkeys(columns) | r for r in fetched if r["vector"] is not None and r["signal_scores"]}
     ids = sorted(rows)
     models = {rows[i]["model"] for i in ids}
     if len(models) > 1:
@@ -76,7 +74,7 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
         calibrated = fit.apply(signals, len(y))
         block = threshold_for_precision(calibrated[train], y[train], target_precision)
         review = min(threshold_for_precision(calibrated[train], y[train], review_precision), block)
-        stored = np.array([np.nan if rows[ids[i]][f"risk_{category}"] is None else rows[ids[i]][f"risk_{category}"] for i in where])
+        stored = np.array([np.nan if rows[ids[i]][risk_column(category)] is None else rows[ids[i]][risk_column(category)] for i in where])
         old = policy.categories[category]
         report[category] = {
             "labels": len(y), "violating": int(y.sum()), "held_out": int((~train).sum()),
@@ -97,67 +95,3 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
                "categories": report, "skipped": skipped}
     store.save_policy(new, heads, summary)
     return summary
-
-
-def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy_path=None) -> dict:
-    """Decides every stored item again with the database's current policy, or the one at
-    `policy_path` (which becomes the database's): embedding signals from the stored vectors,
-    pixel models' stored outputs, PDQ hashes against the current bank. Nothing is decoded or
-    embedded again."""
-    from lancedb.expr import col
-
-    from shoplens.pipelines.search.searcher import Searcher
-    from shoplens.safety.scorer import SafetyScorer
-
-    started = time.perf_counter()
-    store = ItemStore(db)
-    policy, heads = store.policy(policy_path)
-    searcher = Searcher(db, pretrained=pretrained, device=device)  # the table's own model, checked
-    encoder = searcher.encoder
-    if heads is not None:
-        heads.check_fits(encoder.provenance, encoder.dim)
-    if policy_path is not None:
-        store.remember_policy(policy, heads)
-    table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)
-    scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads,
-                          stored_pixel_scores=True)
-    pending = PendingWrites(store, table, frames, FETCH_ROWS, policy.names)
-    counts: dict[str, int] = {}
-    for batch in table.to_lance().to_batches(batch_size=FETCH_ROWS):
-        items = batch.to_pylist()
-        videos = [r["item_id"] for r in items if r["kind"] != "product" and r["status"] == "ok"]
-        stored_frames: dict[str, list[dict]] = {}
-        if videos:
-            for f in frames.search().where(col("item_id").isin(videos)).limit(None).to_list():
-                stored_frames.setdefault(f["item_id"], []).append(f)
-        scored = scorer(_stored_batch(items, stored_frames, encoder.dim))
-        for decision in scored["decision"]:
-            counts[decision] = counts.get(decision, 0) + 1
-        pending.add(scored)
-        pending.flush()
-    return {"command": "safety rescore", "db": db, "policy_version": policy.version, "items": sum(counts.values()),
-            "decisions": counts, "seconds": round(time.perf_counter() - started, 3)}
-
-
-def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) -> dict[str, np.ndarray]:
-    """Stored rows in the shape the scoring stage reads after embedding: a product is its one
-    frame; a video, its stored frames in order."""
-    n = len(items)
-    out = {key: np.empty(n, dtype=object) for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality",
-                                                      "timestamp_s", "frame_index")}
-    for i, item in enumerate(items):
-        if item["kind"] == "product" or item["status"] != "ok":
-            mine = [{"vector": item["vector"], "signal_scores": item["signal_scores"], "pdq": item["pdq"],
-                     "pdq_quality": item["pdq_quality"], "timestamp_s": 0.0, "frame_index": 0}] if item["status"] == "ok" else []
-        else:
-            mine = sorted(frames.get(item["item_id"], []), key=lambda f: f["frame_index"])
-        out["frame_vectors"][i] = np.array([f["vector"] for f in mine], np.float32).reshape(-1, dim)
-        out["frame_signal_scores"][i] = [f["signal_scores"] for f in mine]
-        out["pdq"][i] = [f["pdq"] for f in mine]
-        out["pdq_quality"][i] = np.array([-1 if f["pdq_quality"] is None else f["pdq_quality"] for f in mine], np.int32)
-        out["timestamp_s"][i] = np.array([f["timestamp_s"] for f in mine], np.float32)
-        out["frame_index"][i] = np.array([f["frame_index"] for f in mine], np.int64)
-    columns = {name: np.array([item[name] for item in items], dtype=object) for name in items[0]} if items else {}
-    for name in ("vector", "text_vector"):
-        columns[name] = np.array([np.zeros(dim, np.float32) if item[name] is None else item[name] for item in items], np.float32).reshape(n, dim)
-    return columns | out

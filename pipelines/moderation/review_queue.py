@@ -1,5 +1,5 @@
-"""Moderation review: the queue exported with evidence, decisions imported into `labels`, the
-policy calibrated on them, and stored items rescored with it."""
+"""The review queue: exported with evidence (Label Studio tasks and flat files), and reviewers'
+decisions imported into the `labels` table."""
 
 from __future__ import annotations
 
@@ -14,13 +14,26 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from shoplens.encoders.decode import MAX_VIDEO_BYTES
-from shoplens.encoders.media import ImageLimits, MediaError, load_image, local_copy, read_media
+from shoplens.encoders.errors import UsageError
+from shoplens.encoders.media import (
+    ImageLimits,
+    MediaError,
+    load_image,
+    local_copy,
+    read_media,
+)
+from shoplens.encoders.rows import BLOCK, OK, PRODUCT, REVIEW, UNSCORED, risk_column
 from shoplens.encoders.video import frame_at
-from shoplens.pipelines.store.database import ITEMS, ItemStore
-from shoplens.safety.policy import BLOCK, REVIEW, UNSCORED
-from shoplens.safety.review_format import ReviewFormatError, labeling_config, labels_from_csv, labels_from_label_studio, task
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import ITEMS
+from shoplens.safety.review_format import (
+    ReviewFormatError,
+    labeling_config,
+    labels_from_csv,
+    labels_from_label_studio,
+    task,
+)
 
 EVIDENCE_SIDE = 512
 FETCH_ROWS = 512  # queued items read (and written out) at a time: memory does not grow with the queue
@@ -32,8 +45,8 @@ FORMULA_STARTS = ("=", "+", "-", "@")  # and tab and carriage return, removed wi
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class ReviewError(ValueError):
-    """A review command that cannot run as asked (a usage error: exit code 2)."""
+class ReviewError(UsageError):
+    """A review or calibration command that cannot run as asked."""
 
 
 def export_queue(db: str, out: Path, limit: int | None = None, categories: list[str] | None = None,
@@ -43,13 +56,12 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     first, then `item_id`; blocked items (with `include_blocked`) come in the same order."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from lancedb.expr import col, lit
 
     started = time.perf_counter()
     store = ItemStore(db)
-    table = _items(store, db)
+    stored = store.schema(ITEMS).names
     policy, _ = store.policy()
-    names = [c for c in policy.names if f"risk_{c}" in table.schema.names]
+    names = [c for c in policy.names if risk_column(c) in stored]
     unknown = set(categories or []) - set(names)
     if unknown:
         raise ReviewError(f"--categories {sorted(unknown)} are not policy categories ({', '.join(names)})")
@@ -57,18 +69,17 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     # Ingested items no signal could score are queued: they are not served, and nobody else sees them.
     decisions = [REVIEW, UNSCORED, BLOCK] if include_blocked else [REVIEW, UNSCORED]
 
-    if "decision" not in table.schema.names:
+    if "decision" not in stored:
         raise ReviewError(f"{db}: the items table holds no decisions yet: run `shoplens safety rescore --db {db}` first")
     # A table from an earlier version lacks some columns: they are read as null.
-    present = [c for c in (*ITEM_FIELDS, *(f"risk_{c}" for c in names)) if c in table.schema.names]
+    present = [*ITEM_FIELDS, *map(risk_column, names)]
 
     # The queue's order needs only ids and risks; whole rows are read a chunk at a time.
-    where = col("decision").isin(decisions) & (col("status") == lit("ok"))
-    keys = table.search().where(where).select(["item_id", "risk", *(f"risk_{c}" for c in names)]).limit(None).to_arrow()
+    keys = store.read(ITEMS, ["item_id", "risk", *map(risk_column, names)], decision=decisions, status=OK)
     if categories:
         wanted = np.zeros(keys.num_rows, bool)
         for c in categories:
-            wanted |= np.nan_to_num(keys[f"risk_{c}"].to_numpy(zero_copy_only=False).astype(float), nan=-1) >= review_at[c]
+            wanted |= np.nan_to_num(keys[risk_column(c)].to_numpy(zero_copy_only=False).astype(float), nan=-1) >= review_at[c]
         keys = keys.filter(pa.array(wanted))
     # Unscored items (null risk) first: nothing is known about them.
     unknown = pc.is_null(keys["risk"])
@@ -79,7 +90,7 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
     out.mkdir(parents=True, exist_ok=True)
     (out / "evidence").mkdir(exist_ok=True)
     (out / "labeling_config.xml").write_text(labeling_config(policy.names))
-    columns = ["priority", *ITEM_FIELDS, *(f"risk_{c}" for c in names), "evidence", "evidence_error"]
+    columns = ["priority", *ITEM_FIELDS, *map(risk_column, names), "evidence", "evidence_error"]
     schema = pa.schema([(c, pa.int64() if c == "priority" else pa.float64() if c.startswith("risk") or c == "evidence_timestamp_s" else pa.string()) for c in columns])
     counts = {"queued": len(order), REVIEW: 0, UNSCORED: 0, BLOCK: 0, "evidence_failed": 0}
     versions, errors = set(), []
@@ -90,7 +101,7 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
         tasks.write("[")
         for start in range(0, len(order), FETCH_ROWS):
             chunk = order[start : start + FETCH_ROWS]
-            fetched = table.search().where(col("item_id").isin(chunk)).select(present).limit(None).to_arrow()
+            fetched = store.read(ITEMS, present, item_ids=chunk)
             by_id = {row["item_id"]: dict.fromkeys(ITEM_FIELDS) | row for row in fetched.to_pylist()}
             rows = []
             for priority, item_id in enumerate(chunk, start=start + 1):
@@ -136,7 +147,7 @@ def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:
     try:
         if not item["media_uri"]:
             raise MediaError("no media stored for this item")
-        if item["kind"] == "product":
+        if item["kind"] == PRODUCT:
             image = load_image(read_media(item["media_uri"], ImageLimits().max_bytes, _folder(item["media_uri"])), EVIDENCE_SIDE,
                                name=item["media_uri"])
         else:
@@ -163,10 +174,8 @@ def import_labels(db: str, path: Path) -> dict:
     """Reads reviewers' decisions (a Label Studio JSON export, or a CSV item_id,category,label)
     and upserts them into `labels` in one commit. A malformed file is refused whole; labels of
     items the database does not hold are reported and left out."""
-    from lancedb.expr import col
-
     store = ItemStore(db)
-    table = _items(store, db)
+    store.schema(ITEMS)  # no items: nothing to label
     policy, _ = store.policy()
     try:
         text = path.read_text()
@@ -179,10 +188,7 @@ def import_labels(db: str, path: Path) -> dict:
     else:
         raise ReviewFormatError(f"{path}: decisions come as a Label Studio export (.json) or a CSV (.csv)")
     ids = sorted({label.item_id for label in labels})
-    known = set()
-    for start in range(0, len(ids), FETCH_ROWS):
-        chunk = ids[start : start + FETCH_ROWS]
-        known |= set(table.search().where(col("item_id").isin(chunk)).select(["item_id"]).limit(None).to_arrow()["item_id"].to_pylist())
+    known = set(store.read(ITEMS, ["item_id"], item_ids=ids)["item_id"].to_pylist()) if ids else set()
     unknown = [i for i in ids if i not in known]
     kept = [label for label in labels if label.item_id in known]
     rows = pa.table({
@@ -199,11 +205,4 @@ def import_labels(db: str, path: Path) -> dict:
     return {"command": "review import", "db": db, "file": str(path), "labels": rows.num_rows,
             "items": len(known), "unknown_items": len(unknown), "failed": len(unknown),
             "errors": [{"item_id": i, "error": "no such item in the database"} for i in unknown[:20]]}
-
-
-def _items(store: ItemStore, db: str):
-    table = store.existing(ITEMS)
-    if table is None:
-        raise ReviewError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
-    return table
 

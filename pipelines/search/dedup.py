@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pyarrow as pa
-
-from shoplens.pipelines.store.database import ITEMS, ItemStore, StoreError
+from shoplens.pipelines.store.database import ItemStore, StoreError
+from shoplens.pipelines.store.schemas import ITEMS
 
 DEFAULT_THRESHOLD = 0.97  # cosine; a JPEG re-encoding or resize of a photo stays above it
 BLOCK_ROWS = 2048
@@ -54,12 +54,10 @@ def dedup(db: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
     if not 0.0 < threshold <= 1.0:
         raise StoreError(f"--threshold must be in (0, 1], not {threshold}")
     store = ItemStore(db)
-    existing = store.existing(ITEMS)
-    if existing is None:
-        raise StoreError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
+    dim = store.schema(ITEMS).field("vector").type.list_size
     started = time.perf_counter()
-    table = store.items(existing.schema.field("vector").type.list_size, store.policy()[0].names)  # adds dup_* to an older table
-    rows = table.search().select(["item_id", "vector"]).limit(None).to_arrow()
+    table = store.items(dim, store.policy()[0].names)  # adds dup_* to an older table
+    rows = store.read(ITEMS, ["item_id", "vector"])
     embedded = rows.filter(rows["vector"].is_valid())
     ids = np.array(embedded["item_id"].to_pylist(), dtype=object)
     order = np.argsort(ids)  # sorted ids: a component's smallest index is its smallest item_id

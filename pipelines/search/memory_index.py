@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
-
 from shoplens.pipelines.store.indexes import ANN_MIN_ROWS, ivf_partitions
 
 TRAINING_ROWS_PER_PARTITION = 50  # faiss warns below 39

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from shoplens.encoders.clip import ClipEncoder, ClipSpec
+from shoplens.encoders.clip import ClipEncoder, query_encoder
+from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import ImageLimits, MediaError, decode_image, read_media
-from shoplens.encoders.weights import RANDOM, RANDOM_SEED
+from shoplens.encoders.rows import ALLOW, BLOCK, OK, PRODUCT, REVIEW, UNSCORED
+from shoplens.encoders.weights import WeightsError
+from shoplens.pipelines.store.database import ItemStore, StoreError
 from shoplens.pipelines.store.indexes import QueryTuning
-from shoplens.pipelines.store.database import FRAMES, ITEMS, ItemStore
-from shoplens.safety.policy import ALLOW, BLOCK, REVIEW, UNSCORED
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 
 FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
@@ -26,8 +27,8 @@ FIELDS = {"image": "vector", "title": "text_vector"}  # what a query is compared
 RRF_K = 60  # reciprocal rank fusion: 1 / (RRF_K + rank); 60 is the value of the RRF paper
 
 
-class SearchError(ValueError):
-    """A query that cannot be answered as asked (a usage error: exit code 2)."""
+class SearchError(UsageError):
+    """A query that cannot be answered as asked."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class SearchFilters:
         else:
             from lancedb.expr import col, lit
 
-        where = col("status") == lit("ok")
+        where = col("status") == lit(OK)
         for name in ("kind", "category", "seller_id"):
             if getattr(self, name) is not None:
                 where = where & (col(name) == lit(getattr(self, name)))
@@ -87,17 +88,14 @@ class Searcher:
     def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning(),
                  prewarm: bool = False):
         self.store = ItemStore(db)
-        self.table = self.store.existing(ITEMS)
-        if self.table is None:
-            raise SearchError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
-        # Vector queries go to the Lance dataset under the table: LanceDB's query builder costs
-        # a few milliseconds of Python and schema round trips per query, as much as the search.
-        self.dataset = self.table.to_lance()
-        self.ann = {index.columns[0]: index for index in self.table.list_indices() if index.index_type.startswith("Ivf")}
-        self.model = table_model(self.table)
+        try:
+            self.snapshot = self.store.snapshot(ITEMS)
+            self.model = self.store.model()
+        except StoreError as e:  # no table, or one of mixed models: nothing this query can search
+            raise SearchError(str(e)) from None
         self.tuning = tuning
-        self.columns = [c for c in RESULT_COLUMNS if c in self.table.schema.names]  # a table from before `dup_count`
-        # A warm process answers vector queries from memory (`pipelines.memory_index`): each
+        self.columns = [c for c in RESULT_COLUMNS if c in self.snapshot.schema.names]  # a table from before `dup_count`
+        # A warm process answers vector queries from memory (`search.memory_index`): each
         # Lance query costs milliseconds of planning and reads, whatever the table's size.
         self.memory = self._in_memory() if prewarm else None
         self.pretrained, self.device = pretrained, device
@@ -109,14 +107,10 @@ class Searcher:
         if self._encoder is None:
             if self.model is None:
                 raise SearchError("the table holds no embedded item yet: nothing to search")
-            architecture, weights = query_weights(self.model, self.pretrained)
-            encoder = ClipEncoder(ClipSpec(architecture, weights, self.device))
-            if encoder.provenance != self.model:
-                raise SearchError(
-                    f"the table was embedded with {self.model}, but the query encoder is {encoder.provenance}: "
-                    "their vectors cannot be compared"
-                )
-            self._encoder = encoder
+            try:
+                self._encoder = query_encoder(self.model, self.pretrained, self.device)
+            except WeightsError as e:
+                raise SearchError(str(e)) from None
         return self._encoder
 
     def by_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters(), field: str = "image") -> list[dict]:
@@ -132,12 +126,9 @@ class Searcher:
 
     def by_keywords(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
         """Full-text (BM25) search of titles; `score` is the BM25 score."""
-        from lancedb.query import MatchQuery
-
-        if not any(index.index_type == "FTS" and index.columns == ["title"] for index in self.table.list_indices()):
+        if not self.snapshot.has_full_text_index("title"):
             raise SearchError("keyword search needs the full-text index on titles: run `shoplens index` first")
-        query = MatchQuery(text, "title")  # the text is terms to match, never query syntax or SQL
-        hits = self.table.search(query).where(filters.expression(), prefilter=True).select([*self.columns, "_score"]).limit(k).to_list()
+        hits = self.snapshot.matching(text, "title", k, self.columns, filters.expression())
         return [{"score": round(hit.pop("_score"), 6), **hit} for hit in hits]
 
     def by_image(self, path: str | Path, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
@@ -148,9 +139,7 @@ class Searcher:
         return self.nearest(self.encoder.encode_images(pixels[None])[0], k, filters)
 
     def by_item(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
-        from lancedb.expr import col, lit
-
-        rows = self.table.search().where(col("item_id") == lit(item_id)).select(["vector", "status", "error"]).to_list()
+        rows = self.store.read(ITEMS, ["vector", "status", "error"], item_ids=[item_id]).to_pylist()
         if not rows:
             raise SearchError(f"--item {item_id!r}: no such item")
         if rows[0]["vector"] is None:
@@ -158,14 +147,10 @@ class Searcher:
         hits = self.nearest(np.asarray(rows[0]["vector"], np.float32), k + 1, filters)
         return [hit for hit in hits if hit["item_id"] != item_id][:k]
 
-    def by_video(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters(kind="product")) -> list[dict]:
+    def by_video(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters(kind=PRODUCT)) -> list[dict]:
         """Shop the video: the items nearest to any of a video's frames, each with the time
         (`timestamp_s`) of the frame it matched best."""
-        from lancedb.expr import col, lit
-
-        frames_table = self.store.existing(FRAMES)
-        where = col("item_id") == lit(item_id)
-        frames = frames_table.search().where(where).select(["vector", "timestamp_s"]).limit(None).to_list() if frames_table else []
+        frames = self.store.read(FRAMES, ["vector", "timestamp_s"], item_ids=[item_id]).to_pylist()
         if not frames:
             raise SearchError(f"--video {item_id!r}: no sampled frames (not an ingested video or live segment)")
         best: dict[str, dict] = {}
@@ -180,8 +165,8 @@ class Searcher:
         and filter columns (a Lance `take` of 10 rows costs more than the search)."""
         from shoplens.pipelines.search.memory_index import MemorySnapshot
 
-        vector_columns = ((column, self.dataset.to_table(columns=[column])[column]) for column in FIELDS.values())
-        rows = self.dataset.to_table(columns=list(dict.fromkeys([*self.columns, *FILTER_COLUMNS])))
+        vector_columns = ((column, self.snapshot.columns([column])[column]) for column in FIELDS.values())
+        rows = self.snapshot.columns(list(dict.fromkeys([*self.columns, *FILTER_COLUMNS])))
         return MemorySnapshot(vector_columns, rows, self.columns, list(FILTER_COLUMNS))
 
     def nearest(self, vector: np.ndarray, k: int, filters: SearchFilters, field: str = "image") -> list[dict]:
@@ -189,8 +174,7 @@ class Searcher:
             raise SearchError(f"-k must be at least 1, not {k}")
         if self.memory is not None and FIELDS[field] in self.memory.indexes:
             return self.memory.nearest(vector, k, filters, FIELDS[field], self.tuning.nprobes)
-        hits = self.dataset.to_table(nearest=self.nearest_query(vector, k, field), columns=[*self.columns, "_distance"],
-                                     filter=filters.expression("arrow"), prefilter=True).to_pylist()
+        hits = self.snapshot.nearest(self.nearest_query(vector, k, field), self.columns, filters.expression("arrow"))
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
 
     def nearest_query(self, vector: np.ndarray, k: int, field: str = "image") -> dict:
@@ -198,7 +182,7 @@ class Searcher:
         column = FIELDS[field]
         query = {"column": column, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
                  "nprobes": self.tuning.nprobes, "ef": self.tuning.ef}  # ignored by an exact search
-        refine = self.tuning.refine_for(self.ann[column].index_type if column in self.ann else None)
+        refine = self.tuning.refine_for(self.snapshot.ann_index_type(column))
         return query | {"refine_factor": refine} if refine else query
 
 
@@ -210,27 +194,3 @@ def reciprocal_rank_fusion(rankings: list[list[dict]], k: int) -> list[dict]:
             entry = fused.setdefault(hit["item_id"], {**hit, "score": 0.0})
             entry["score"] += 1.0 / (RRF_K + rank)
     return sorted(fused.values(), key=lambda hit: -hit["score"])[:k]
-
-
-def table_model(table) -> str | None:
-    """The one model a table's embedded rows were made with; refuses a table of mixed models."""
-    from lancedb.expr import col, lit
-
-    models = set(table.search().where(col("status") == lit("ok")).select(["model"]).limit(None).to_arrow()["model"].to_pylist())
-    if len(models) > 1:
-        raise SearchError(f"the table mixes models {sorted(models)}: re-ingest it with one model before searching")
-    return next(iter(models), None)
-
-
-def query_weights(provenance: str, pretrained: str | None) -> tuple[str, str]:
-    """(architecture, --pretrained) to rebuild a table's model from its provenance string:
-    `open_clip/<arch>/<tag>`, `open_clip/<arch>/random-seed0`, or `.../sha256:...`, which needs
-    the user's checkpoint (`--pretrained PATH`), checked against the checksum by the caller."""
-    _, architecture, weights = provenance.split("/", 2)
-    if pretrained is not None:
-        return architecture, pretrained
-    if weights == f"{RANDOM}-seed{RANDOM_SEED}":
-        return architecture, RANDOM
-    if weights.startswith("sha256:") or architecture.startswith("local-dir:"):
-        raise SearchError(f"the table was embedded with local weights ({provenance}): pass them with --pretrained")
-    return architecture, weights

@@ -1,114 +1,43 @@
-"""The LanceDB store: the `items` schema, what earlier runs wrote, and keyed upserts.
-
-One writer, in large batches: every LanceDB write makes a table version, and concurrent
-`merge_insert`s on the same keys conflict.
+"""The store: the only code that opens a LanceDB table. Tables are created and migrated here,
+read through typed reads (no caller's value is ever pasted into SQL), and written in keyed,
+batched commits: every LanceDB write makes a table version, and concurrent `merge_insert`s on
+the same keys conflict.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
-import numpy as np
 import pyarrow as pa
-
-from shoplens.encoders.media import OK, text_or_none
+from shoplens.encoders.errors import UsageError
 from shoplens.encoders.object_store import s3_endpoint, s3_region
+from shoplens.encoders.rows import OK, risk_column
+from shoplens.pipelines.store.schemas import (
+    FRAMES,
+    HASH_BANK,
+    ITEMS,
+    KEYS,
+    LABELS,
+    POLICIES,
+    PRIMARY_KEY,
+    frames_schema,
+    items_schema,
+    keyed,
+)
 
-ITEMS = "items"
-FRAMES = "frames"
-HASH_BANK = "hash_bank"
-POLICIES = "policies"
-LABELS = "labels"
-VIDEO_KINDS = ("video", "live")
-UNSCORED = "unscored"
 # What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
 SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri", "frames")
-# `note` (what was capped or cut short) and `frames` (the video's sampling) extend the design's columns.
-METADATA_FIELDS = (
-    "item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames",
-)
 # What `mark_unchanged` adds to each manifest row from an earlier run's row.
 KNOWN_SCHEMA = pa.schema([(name, pa.string()) for name in ("item_id", "known_sha256", "known_status", "known_error")])
-
-
-class StoreError(RuntimeError):
-    """The database cannot take this job (a configuration error: exit code 2)."""
-
-
-# Safety columns besides `risk_<category>` (see safety.scorer): written as the scorer made them.
-SAFETY_FIELDS = (
-    pa.field("risk", pa.float32()),
-    pa.field("decision", pa.string()),
-    pa.field("safety_version", pa.string()),
-    pa.field("safety_error", pa.string()),  # why an ok item is unscored
-    pa.field("evidence_timestamp_s", pa.float32()),  # videos: the worst frame's time
-    pa.field("risk_topk_mean", pa.float32()),
-    pa.field("frames_over_review", pa.int32()),
-    pa.field("hash_match", pa.string()),  # the hash-bank entry an item matched
-    pa.field("signal_scores", pa.string()),  # JSON: each signal's raw outputs, for rescoring
-)
-
-
 OPEN_ATTEMPTS = 3
-# Lance's unenforced primary key: a `merge_insert` on exactly these columns records the keys it
-# inserts, and two writers inserting the same key conflict (the later one retries as an update)
-# instead of both adding a row.
-PRIMARY_KEY = "lance-schema:unenforced-primary-key"
-KEYS = {ITEMS: ("item_id",), FRAMES: ("item_id", "frame_index"), HASH_BANK: ("entry_id",), LABELS: ("item_id", "category")}
+READ_IDS = 1024  # item ids per typed `isin` read
 
 
-def keyed(schema: pa.Schema, name: str) -> pa.Schema:
-    """`schema` with table `name`'s key columns marked as its primary key (and not nullable)."""
-    for column in KEYS[name]:
-        i = schema.get_field_index(column)
-        field = schema.field(i)
-        schema = schema.set(i, field.with_nullable(False).with_metadata({**(field.metadata or {}), PRIMARY_KEY.encode(): b"true"}))
-    return schema
-
-
-def risk_fields(categories: list[str]) -> list[pa.Field]:
-    return [pa.field(f"risk_{c}", pa.float32()) for c in categories]
-
-
-def items_schema(dim: int, categories: list[str]) -> pa.Schema:
-    vector = pa.list_(pa.float32(), dim)
-    return keyed(pa.schema(
-        [pa.field("item_id", pa.string(), nullable=False)]
-        + [pa.field(name, pa.string()) for name in METADATA_FIELDS[1:]]
-        + [
-            pa.field("vector", vector),
-            pa.field("text_vector", vector),
-            pa.field("model", pa.string()),
-            pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-            pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
-            pa.field("pdq_quality", pa.int32()),
-            # Near-duplicate groups (`shoplens dedup`): the group's smallest item_id and its size.
-            pa.field("dup_group", pa.string()),
-            pa.field("dup_count", pa.int32()),
-        ]
-        + risk_fields(categories)
-        + list(SAFETY_FIELDS)
-    ), ITEMS)
-
-
-def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
-    return keyed(pa.schema(
-        [
-            pa.field("item_id", pa.string(), nullable=False),
-            pa.field("frame_index", pa.int64(), nullable=False),
-            pa.field("timestamp_s", pa.float32()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("model", pa.string()),
-            pa.field("pdq", pa.string()),
-            pa.field("pdq_quality", pa.int32()),
-            pa.field("hash_match", pa.string()),
-            pa.field("signal_scores", pa.string()),
-        ]
-        + risk_fields(categories)
-        + [pa.field("risk", pa.float32())]
-    ), FRAMES)
+class StoreError(UsageError):
+    """The database cannot take this job: unreachable, missing a table, or of another model."""
 
 
 def storage_options(uri: str) -> dict[str, str]:
@@ -133,6 +62,82 @@ class ItemStore:
             self.db = lancedb.connect(uri, storage_options=storage_options(uri))
         except (ValueError, OSError, RuntimeError) as e:
             raise self._unreachable(e) from e
+
+    def schema(self, name: str = ITEMS) -> pa.Schema:
+        """The schema of table `name`; a StoreError when the database has no such table."""
+        return self._required(name).schema
+
+    def has(self, name: str) -> bool:
+        return self.existing(name) is not None
+
+    def count(self, name: str, not_null: str | None = None) -> int:
+        """Rows of table `name` (0 when there is none), or those whose column `not_null` is set."""
+        table = self.existing(name)
+        if table is None:
+            return 0
+        if not_null is None:
+            return table.count_rows()
+        if not_null not in table.schema.names:  # a column name, never a caller's text in SQL
+            raise ValueError(f"table {name!r} has no column {not_null!r}")
+        return table.count_rows(f"{not_null} IS NOT NULL")
+
+    def read(self, name: str, columns: list[str], item_ids: list[str] | None = None, **equal) -> pa.Table:
+        """The `columns` that table `name` has (an older table lacks some), of the rows whose
+        `item_id` is one of `item_ids` (when given) and whose columns in `equal` hold the value
+        given (a list: one of its values). Typed expressions only. An empty table when the
+        database has no such table."""
+        from lancedb.expr import col, lit
+
+        table = self.existing(name)
+        if table is None:
+            return pa.table({})
+        present = [c for c in dict.fromkeys(columns) if c in table.schema.names]
+        where = None
+        for column, value in equal.items():
+            term = col(column).isin(list(value)) if isinstance(value, (list, tuple)) else col(column) == lit(value)
+            where = term if where is None else where & term
+        if item_ids is None:
+            return self._query(table, where, present)
+        ids = list(dict.fromkeys(item_ids))
+        parts = [pa.schema([table.schema.field(c) for c in present]).empty_table()]
+        for start in range(0, len(ids), READ_IDS):
+            term = col("item_id").isin(ids[start : start + READ_IDS])
+            parts.append(self._query(table, term if where is None else where & term, present))
+        return pa.concat_tables(parts)
+
+    @staticmethod
+    def _query(table, where, columns: list[str]) -> pa.Table:
+        query = table.search()
+        return (query if where is None else query.where(where)).select(columns).limit(None).to_arrow()
+
+    def scan(self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Table `name` a batch at a time (memory stays flat however large it is): `columns` it has
+        (all when None). Nothing when the database has no such table."""
+        table = self.existing(name)
+        if table is None:
+            return
+        present = None if columns is None else [c for c in columns if c in table.schema.names]
+        yield from table.to_lance().to_batches(columns=present, batch_size=batch_rows)
+
+    def model(self) -> str | None:
+        """The one model the embedded items were made with (None before any); a StoreError for a
+        table of mixed models, whose vectors cannot be compared."""
+        models = set(self.read(ITEMS, ["model"], status=OK)["model"].to_pylist()) if self.has(ITEMS) else set()
+        if len(models) > 1:
+            raise StoreError(f"the table mixes models {sorted(models)}: re-ingest it with one model before searching")
+        return next(iter(models), None)
+
+    def snapshot(self, name: str = ITEMS):
+        """One version of table `name`, for many queries (search); a StoreError when there is none."""
+        from shoplens.pipelines.store.snapshot import TableSnapshot
+
+        return TableSnapshot(self._required(name))
+
+    def _required(self, name: str):
+        table = self.existing(name)
+        if table is None:
+            raise StoreError(f"{self.uri}: no {name!r} table; run `shoplens ingest` first")
+        return table
 
     def items(self, dim: int, categories: list[str]):
         """The `items` table, created if missing; refuses a table of another vector size."""
@@ -314,17 +319,19 @@ class ItemStore:
         if rows.num_rows:
             table.merge_insert("item_id").when_matched_update_all().execute(rows.cast(keyed(rows.schema, ITEMS)))
 
-    def block_items(self, table, matched: dict[str, str], categories: dict[str, str], block: str) -> None:
+    def block_items(self, matched: dict[str, str], categories: dict[str, str], block: str) -> None:
         """Marks stored items as matching the hash bank, in one commit: `matched` maps an item_id
         to the entry it matched, `categories` an entry to its category."""
+        table = self._required(ITEMS)
         rows = self._matched_rows(table, ["item_id"], [(item_id,) for item_id in matched], [matched[i] for i in matched],
                                   [categories[matched[i]] for i in matched])
         rows = rows.set_column(rows.schema.get_field_index("decision"), "decision", pa.array([block] * rows.num_rows, pa.string()))
         self.update_columns(table, rows)
 
-    def block_frames(self, table, matches: pa.Table) -> None:
+    def block_frames(self, matches: pa.Table) -> None:
         """Marks stored frames (`matches`: item_id, frame_index, hash_match, category) as
         matching the hash bank, in one commit."""
+        table = self._required(FRAMES)
         keys = list(zip(matches["item_id"].to_pylist(), matches["frame_index"].to_pylist()))
         rows = self._matched_rows(table, ["item_id", "frame_index"], keys, matches["hash_match"].to_pylist(),
                                   matches["category"].to_pylist())
@@ -338,15 +345,15 @@ class ItemStore:
         from lancedb.expr import col
 
         columns = [*key, *(c for c in ("decision", "hash_match", "risk") if c in table.schema.names)]
-        columns += sorted({f"risk_{c}" for c in categories} & set(table.schema.names))
+        columns += sorted({risk_column(c) for c in categories} & set(table.schema.names))
         wanted = dict(zip(keys, zip(entries, categories)))
         stored = table.search().where(col(key[0]).isin(sorted({k[0] for k in keys}))).select(columns).limit(None).to_arrow()
         rows = [r for r in stored.to_pylist() if tuple(r[k] for k in key) in wanted]
         for row in rows:
             entry, category = wanted[tuple(row[k] for k in key)]
             row["hash_match"] = entry
-            if row.get("risk") is not None and f"risk_{category}" in row:
-                row[f"risk_{category}"] = row["risk"] = 1.0
+            if row.get("risk") is not None and risk_column(category) in row:
+                row[risk_column(category)] = row["risk"] = 1.0
         return pa.Table.from_pylist(rows, schema=stored.schema)
 
     def replace_frames(self, table, item_ids: list[str], rows: pa.Table) -> None:
@@ -393,71 +400,6 @@ def _concurrent(error: Exception) -> bool:
                                            "already exists", "retryable"))
 
 
-def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[str]) -> pa.Table:
-    """One row per sampled frame of each embedded video or live segment, with its risks:
-    `frame_risks` [F, C] are in the order of `categories` (the scoring policy's), and go to their
-    columns by name; a column of a category the policy does not have is null."""
-    dim = schema.field("vector").type.list_size
-    risk_names = [f"risk_{c}" for c in categories]
-    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "pdq_quality": [], "hash_match": [],
-               "signal_scores": []}
-    vectors, risks = [], []
-    for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
-        count = len(batch["frame_index"][i])
-        columns["item_id"] += [batch["item_id"][i]] * count
-        columns["frame_index"] += list(batch["frame_index"][i])
-        columns["timestamp_s"] += list(batch["timestamp_s"][i])
-        columns["model"] += [batch["model"][i]] * count
-        columns["pdq"] += list(batch["pdq"][i])
-        columns["pdq_quality"] += [None if q < 0 else int(q) for q in batch["pdq_quality"][i]]
-        columns["hash_match"] += list(batch["frame_hash_match"][i])
-        columns["signal_scores"] += list(batch["frame_signal_scores"][i])
-        vectors.append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
-        risks.append(np.asarray(batch["frame_risks"][i], np.float32).reshape(-1, len(risk_names)))
-    n = len(columns["item_id"])
-    vectors = np.concatenate(vectors) if n else np.zeros((0, dim), np.float32)
-    risks = np.concatenate(risks) if n else np.zeros((0, len(risk_names)), np.float32)
-    columns |= {name: _floats(risks[:, k]) for k, name in enumerate(risk_names)}
-    columns |= {f.name: pa.nulls(n, f.type) for f in schema if f.name.startswith("risk_") and f.name not in columns}
-    with np.errstate(invalid="ignore"):
-        columns["risk"] = _floats(risks.max(axis=1) if risk_names else np.full(n, np.nan))
-    return pa.table({**columns, "vector": _vectors(vectors, np.ones(n, bool), dim)}, schema=schema)
-
-
-def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[str] | None = None) -> pa.Table:
-    """Embedded and scored rows (the model stage's output batch) as `items` rows: vectors null
-    unless embedded, safety columns as the scorer left them (null and `unscored` without it).
-    `risk_<c>` of a category not in `categories` (the scoring policy's) is null, whatever the
-    batch carries: a rescored row keeps no risk its policy no longer has."""
-    ok = np.asarray(batch["status"] == OK)
-    titled = ok & np.array([text_or_none(t) is not None for t in batch["title"]], dtype=bool)
-    n = len(ok)
-    dim = schema.field("vector").type.list_size
-    columns = {name: _strings(batch[name]) for name in METADATA_FIELDS}
-    columns["vector"] = _vectors(batch["vector"], ok, dim)
-    columns["text_vector"] = _vectors(batch["text_vector"], titled, dim)
-    columns["model"] = _strings(batch["model"])
-    columns["updated_at"] = pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
-    if "pdq" in batch:  # fingerprinted: a product's hash is its one frame's
-        first = [kind == "product" and len(h) > 0 for kind, h in zip(batch["kind"], batch["pdq"])]
-        columns["pdq"] = _strings([h[0] if f else None for f, h in zip(first, batch["pdq"])])
-        columns["pdq_quality"] = _column(np.array([q[0] if f else -1 for f, q in zip(first, batch["pdq_quality"])]), pa.int32())
-    safety_names = {f.name for f in SAFETY_FIELDS}
-    current = None if categories is None else {f"risk_{c}" for c in categories}
-    for field in schema:
-        if field.name.startswith("risk") or field.name in safety_names:
-            stale = current is not None and field.name.startswith("risk_") and field.name not in safety_names | current
-            values = None if stale else batch.get(field.name)
-            columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
-    if "decision" not in batch:
-        columns["decision"] = pa.array([UNSCORED] * n, pa.string())
-    # Columns other commands fill (dedup, ...): kept when the batch carries them (a rescore of
-    # stored rows), else null (a re-ingested item is a new item).
-    missing = [f for f in schema if f.name not in columns]
-    columns |= {f.name: pa.array(list(batch[f.name]), f.type) if f.name in batch else pa.nulls(n, f.type) for f in missing}
-    return pa.table(columns, schema=schema)
-
-
 def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
     """Element-wise equality of two text columns, where two nulls are the same (no title twice)."""
     import pyarrow.compute as pc
@@ -465,59 +407,3 @@ def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
 
 
-def _vectors(values: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
-
-
-def _strings(values) -> pa.Array:
-    return pa.array([text_or_none(v) for v in values], pa.string())
-
-
-def _floats(values: np.ndarray) -> pa.Array:
-    """NaN (not scored) becomes null: a missing score must never read as a number."""
-    values = np.asarray(values, np.float32)
-    return pa.array(values, pa.float32(), mask=~np.isfinite(values))
-
-
-def _column(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    if pa.types.is_floating(type_):
-        return _floats(values)
-    if pa.types.is_integer(type_):
-        values = np.asarray(values, np.int64)
-        return pa.array(values, type_, mask=values < 0)  # -1: not counted
-    return _strings(values)
-
-
-class PendingWrites:
-    """Rows waiting for the one writer, committed in batches of at most `commit_rows` items."""
-
-    def __init__(self, store: ItemStore, items, frames, commit_rows: int, categories: list[str]):
-        self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
-        self.categories = list(categories)  # the scoring policy's, in the order of its `frame_risks`
-        self.item_rows: list[pa.Table] = []
-        self.frame_rows: list[pa.Table] = []
-        self.rows = 0
-
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        self.item_rows.append(item_rows(batch, self.items.schema, self.categories))
-        self.frame_rows.append(frame_rows(batch, self.frames.schema, self.categories))
-        self.rows += len(batch["item_id"])
-
-    def flush(self) -> int:
-        import pyarrow.compute as pc
-
-        if not self.rows:
-            return 0
-        items, frames = pa.concat_tables(self.item_rows), pa.concat_tables(self.frame_rows)
-        for start in range(0, items.num_rows, self.commit_rows):
-            chunk = items.slice(start, self.commit_rows)
-            # Frames first: a crash between the two commits then leaves items that a re-run
-            # redoes, never an item marked done whose frames are missing.
-            chunk_frames = frames.filter(pc.is_in(frames["item_id"], value_set=chunk["item_id"]))
-            self.store.replace_frames(self.frames, chunk["item_id"].to_pylist(), chunk_frames)
-            self.store.upsert(self.items, chunk)
-        written, self.rows = self.rows, 0
-        self.item_rows.clear()
-        self.frame_rows.clear()
-        return written

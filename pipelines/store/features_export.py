@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoplens.pipelines.store.database import ITEMS, ItemStore, items_schema
-from shoplens.safety.ranking_features import FEATURE_SCHEMA_VERSION, feature_batch, feature_columns
-
-
-class FeaturesError(ValueError):
-    """Nothing to export (a usage error: exit code 2)."""
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import ITEMS, items_schema
+from shoplens.safety.ranking_features import (
+    FEATURE_SCHEMA_VERSION,
+    feature_batch,
+    feature_columns,
+)
 
 
 def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:
@@ -18,21 +19,20 @@ def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = ItemStore(db).existing(ITEMS)
-    if table is None:
-        raise FeaturesError(f"{db}: no {ITEMS!r} table; run `shoplens ingest` first")
+    store = ItemStore(db)
+    stored_schema = store.schema(ITEMS)
     # A table from an earlier version lacks some columns (until its next ingest adds them): they
     # are exported null, typed as the current schema has them.
-    current = items_schema(table.schema.field("vector").type.list_size, [])
-    columns = feature_columns(table.schema)
-    schema = pa.schema([table.schema.field(c) if c in table.schema.names else current.field(c) for c in columns])
-    stored = [c for c in columns if c in table.schema.names]
+    current = items_schema(stored_schema.field("vector").type.list_size, [])
+    columns = feature_columns(stored_schema)
+    schema = pa.schema([stored_schema.field(c) if c in stored_schema.names else current.field(c) for c in columns])
+    stored = [c for c in columns if c in stored_schema.names]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     rows = 0
     try:
         with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema)).schema) as writer:
-            for batch in table.to_lance().to_batches(columns=stored, batch_size=batch_rows):
+            for batch in store.scan(ITEMS, stored, batch_rows):
                 whole = [batch[c] if c in stored else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns]
                 writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema)))
                 rows += batch.num_rows

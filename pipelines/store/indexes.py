@@ -12,7 +12,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from shoplens.pipelines.store.database import ITEMS, ItemStore, StoreError
+from shoplens.pipelines.store.database import ItemStore, StoreError
+from shoplens.pipelines.store.schemas import ITEMS
 
 ANN_MIN_ROWS = 5_000
 VECTOR_COLUMNS = ("vector", "text_vector")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo
 from PIL import Image
-
 from shoplens.encoders.clip import ClipEmbedder, ClipEncoder
-from shoplens.encoders.media import ERROR, OK, decode_image
+from shoplens.encoders.media import decode_image
+from shoplens.encoders.rows import ERROR, OK
 
 
 @pytest.fixture(scope="module")

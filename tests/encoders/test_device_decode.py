@@ -6,7 +6,6 @@ import io
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, photo_bytes, sample_photo
-
 from shoplens.encoders.device_decode import decode_on_device, jpeg_header
 from shoplens.encoders.media import decode_image, load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
@@ -87,7 +86,6 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     """The decode stage leaves JPEGs to the embed stage with their orientation; PNGs, truncated
     JPEGs and wrong names it handles itself, as without deferral."""
     from PIL import Image
-
     from shoplens.encoders.clip import ClipEmbedder
     from shoplens.encoders.decode import MediaDecoder
 

@@ -3,11 +3,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTOS, bad_media, bomb_png as bomb_side, encode, photo_bytes, sample_photo
+from conftest import SAMPLE_PHOTOS, bad_media, encode, photo_bytes, sample_photo
+from conftest import bomb_png as bomb_side
 from PIL import Image
-
 from shoplens.encoders.decode import MediaDecoder
-from shoplens.encoders.media import ERROR, OK, SKIPPED, ImageLimits, MediaError, decode_image, read_media
+from shoplens.encoders.media import ImageLimits, MediaError, decode_image, read_media
+from shoplens.encoders.rows import ERROR, OK, SKIPPED
 
 SIZE = 64
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 from conftest import SAMPLE_PHOTOS, sample_photo
-
 from shoplens.encoders.media import load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
 

@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 from conftest import SHOTS, mjpeg_stream, sample_video, shots_video, write_video
-
 from shoplens.encoders.decode import MediaDecoder
-from shoplens.encoders.media import ERROR, OK, SKIPPED, MediaError
+from shoplens.encoders.media import MediaError
+from shoplens.encoders.rows import ERROR, OK, SKIPPED
 from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 
 SIZE = 64
@@ -121,7 +121,6 @@ def hls_playlist(segment) -> bytes:
 def test_ffmpeg_opens_no_playlist_even_past_the_content_check(tmp_path, monkeypatch):
     """The second door: FFmpeg itself is held to the known containers' demuxers and to files."""
     import cv2
-
     from shoplens.encoders.video import FFMPEG_OPTIONS
 
     playlist = tmp_path / "list.m3u8"

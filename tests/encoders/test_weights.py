@@ -5,7 +5,6 @@ import time
 import numpy as np
 import pytest
 from conftest import MICRO, sample_photo
-
 from shoplens.encoders.clip import ClipEncoder, ClipSpec
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.weights import PACKAGED_CONFIGS, WeightsError, resolve_weights

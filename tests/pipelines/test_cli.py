@@ -8,9 +8,8 @@ import time
 
 import pytest
 from conftest import MICRO, write_manifest
-from typer.testing import CliRunner
-
 from shoplens.pipelines.cli import app
+from typer.testing import CliRunner
 
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 

@@ -5,7 +5,6 @@ import io
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, flip_bits, sample_photo
-
 from shoplens.encoders.media import load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
 from shoplens.safety.hashbank import HashBank

@@ -3,7 +3,6 @@
 import itertools
 
 import numpy as np
-
 from shoplens.safety.heads import EmbeddingHeads, train_heads
 
 
@@ -27,7 +26,6 @@ def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_en
 
 def test_heads_of_another_width_or_model_do_not_fit(micro_encoder):
     import pytest
-
     from shoplens.safety.policy import PolicyError
 
     heads = EmbeddingHeads(["weapons"], np.zeros((1, 7)), np.zeros(1), micro_encoder.provenance)

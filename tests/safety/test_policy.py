@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import yaml
-
-from shoplens.safety.policy import BLOCK, REVIEW, UNSCORED, ALLOW, DEFAULT_POLICY, PolicyError, load_policy
+from shoplens.encoders.rows import ALLOW, BLOCK, REVIEW, UNSCORED
+from shoplens.safety.policy import DEFAULT_POLICY, PolicyError, load_policy
 
 
 def test_the_shipped_policy_is_versioned_and_covers_the_categories():

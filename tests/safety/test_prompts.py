@@ -1,7 +1,6 @@
 """Zero-shot prompt banks: the math by hand, and real (random-weight) text embeddings."""
 
 import numpy as np
-
 from shoplens.safety.policy import load_policy
 from shoplens.safety.prompts import PromptBank
 

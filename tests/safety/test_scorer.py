@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import yaml
 from conftest import flip_bits, sample_photo
-
 from shoplens.encoders.decode import MediaDecoder
-from shoplens.encoders.media import ERROR, OK
+from shoplens.encoders.rows import BLOCK, ERROR, OK, REVIEW, UNSCORED
 from shoplens.safety.hashbank import HashBank
 from shoplens.safety.heads import EmbeddingHeads
-from shoplens.safety.policy import BLOCK, REVIEW, UNSCORED, PolicyError, load_policy
+from shoplens.safety.policy import PolicyError, load_policy
 from shoplens.safety.scorer import SafetyScorer
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png"]

@@ -11,15 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-
 from dataclasses import dataclass
 
 import lancedb
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo, write_manifest
-
-from shoplens.pipelines.search.searcher import SearchFilters, Searcher
-from shoplens.pipelines.store.database import ITEMS, ItemStore
+from shoplens.pipelines.search.searcher import Searcher, SearchFilters
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import ITEMS
 
 pytestmark = pytest.mark.slow
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

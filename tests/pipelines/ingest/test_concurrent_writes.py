@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import MICRO, sample_photo, write_manifest
-
-from shoplens.pipelines.store.database import FRAMES, ITEMS, ItemStore, frames_schema
-from benchmarks.synthetic import embedding_like, synthetic_items
+from shoplens.pipelines.store.database import ItemStore
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS, frames_schema
 from shoplens.safety.policy import load_policy
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 
 DIM = 16
 ROWS = 300

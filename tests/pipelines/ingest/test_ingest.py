@@ -5,13 +5,20 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, bad_media, photo_bytes, ray_job, write_manifest
-
+from conftest import (
+    MICRO,
+    PIXEL_POLICY,
+    SAMPLE_PHOTOS,
+    bad_media,
+    photo_bytes,
+    ray_job,
+    write_manifest,
+)
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.phash import hamming, hash_bytes
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
-from shoplens.pipelines.store.database import ITEMS, StoreError
-
+from shoplens.pipelines.store.database import StoreError
+from shoplens.pipelines.store.schemas import ITEMS
 
 BAD_ERRORS = {
     "empty.jpg": "empty file",
@@ -173,7 +180,8 @@ def test_a_changed_category_or_seller_is_not_skipped(tmp_path, media_dir):
     from pathlib import Path
 
     from shoplens.pipelines.ingest.manifest import read_manifest
-    from shoplens.pipelines.store.database import ItemStore, item_rows
+    from shoplens.pipelines.ingest.writer import item_rows
+    from shoplens.pipelines.store.database import ItemStore
     from shoplens.safety.policy import load_policy
 
     stored_fields = {"p0": ("kitchen", "s1"), "p1": ("kitchen", "s1"), "p2": ("kitchen", "s1"), "p3": ("kitchen", "s1"),
@@ -216,7 +224,8 @@ def test_a_changed_kind_or_an_unknown_stored_model_is_not_skipped(tmp_path, medi
     from pathlib import Path
 
     from shoplens.pipelines.ingest.manifest import read_manifest
-    from shoplens.pipelines.store.database import ItemStore, item_rows
+    from shoplens.pipelines.ingest.writer import item_rows
+    from shoplens.pipelines.store.database import ItemStore
     from shoplens.safety.policy import load_policy
 
     clip = media_dir / "clip.mp4"  # the skip rule compares fields and bytes: what the file holds does not matter here

@@ -5,11 +5,17 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, shots_video, write_video
-
+from conftest import (
+    MICRO,
+    PIXEL_POLICY,
+    sample_photo,
+    sample_video,
+    shots_video,
+    write_video,
+)
 from shoplens.encoders.video import FrameSampling, sample_frames
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
-from shoplens.pipelines.store.database import FRAMES, ITEMS
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 

@@ -3,7 +3,6 @@ import shutil
 
 import pytest
 from conftest import photo_bytes, write_manifest
-
 from shoplens.pipelines.ingest.manifest import ManifestError, read_manifest
 
 ROWS = [

@@ -6,13 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import MICRO, photo_bytes
-from typer.testing import CliRunner
-
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.manifest import read_manifest
-from shoplens.pipelines.store.database import ItemStore, StoreError, item_rows, storage_options
+from shoplens.pipelines.ingest.writer import item_rows
+from shoplens.pipelines.store.database import ItemStore, StoreError, storage_options
 from shoplens.safety.policy import load_policy
+from typer.testing import CliRunner
 
 CATALOG = b"""item_id,kind,title,image
 p1,product,red shoe,img/p1.jpg

@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, write_manifest
-from typer.testing import CliRunner
-
 from shoplens.pipelines.cli import app
-from shoplens.pipelines.store.database import FRAMES, ITEMS
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
+from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]

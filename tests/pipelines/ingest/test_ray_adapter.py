@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from shoplens.pipelines.ingest.ray_adapter import ClusterError, plan_pools
 
 

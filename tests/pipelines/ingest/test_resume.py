@@ -10,9 +10,8 @@ import textwrap
 import lancedb
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo, sample_video, write_manifest
-
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
-from shoplens.pipelines.store.database import FRAMES, ITEMS
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 

@@ -9,12 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import MICRO, ray_job, sample_photo, sample_video, write_manifest
-from typer.testing import CliRunner
-
 from shoplens.pipelines.cli import app
-from shoplens.pipelines.store.database import FRAMES, ITEMS
-from shoplens.safety.ranking_features import FEATURE_SCHEMA_VERSION
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 from shoplens.safety.policy import load_policy
+from shoplens.safety.ranking_features import FEATURE_SCHEMA_VERSION
+from typer.testing import CliRunner
 
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 

@@ -8,10 +8,9 @@ import cv2
 import lancedb
 import pytest
 from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, write_manifest
-from typer.testing import CliRunner
-
 from shoplens.pipelines.cli import app
-from shoplens.pipelines.store.database import FRAMES, HASH_BANK, ITEMS
+from shoplens.pipelines.store.schemas import FRAMES, HASH_BANK, ITEMS
+from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu", "--policy", PIXEL_POLICY]
@@ -88,8 +87,8 @@ def test_adding_to_the_bank_blocks_stored_matches_and_a_rerun_keeps_them_blocked
 def test_an_entry_added_while_an_ingest_runs_blocks_what_that_ingest_writes(tmp_path):
     """`bank add` matches what is stored when it runs; an ingest that was embedding then matches
     its own rows against the entries added meanwhile, after its last commit."""
-    from shoplens.pipelines.moderation.bank_add import add_to_bank
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
+    from shoplens.pipelines.moderation.bank_add import add_to_bank
     from shoplens.safety.policy import load_policy
 
     shutil.copyfile(sample_photo("astronaut.png"), tmp_path / "astronaut.png")

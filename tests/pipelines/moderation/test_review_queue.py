@@ -10,14 +10,23 @@ import lancedb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import MICRO, SAMPLE_PHOTOS, ingest_in_process, photo_variants, pixel_policy, ray_job, sample_photo, sample_video, write_manifest
+from conftest import (
+    MICRO,
+    SAMPLE_PHOTOS,
+    ingest_in_process,
+    photo_variants,
+    pixel_policy,
+    ray_job,
+    sample_photo,
+    sample_video,
+    write_manifest,
+)
 from PIL import Image
-from typer.testing import CliRunner
-
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
-from shoplens.pipelines.store.database import ITEMS, LABELS
+from shoplens.pipelines.store.schemas import ITEMS, LABELS
 from shoplens.safety.policy import load_policy
+from typer.testing import CliRunner
 
 VIOLATING_SOURCE = "rocket.jpg"  # the reviewers' rule: items whose embedding is nearest the rocket photo's are weapons
 
@@ -51,9 +60,9 @@ def catalog(tmp_path_factory):
 def rule(db) -> dict[str, bool]:
     """Ground truth on the embeddings: an item violates `weapons` when its nearest sample photo,
     by visual embedding, is the rocket."""
+    from conftest import SAMPLE_PHOTOS
     from shoplens.encoders.clip import ClipEncoder
     from shoplens.encoders.media import decode_image
-    from conftest import SAMPLE_PHOTOS
 
     encoder = ClipEncoder(MICRO, num_threads=1)
     prototypes = encoder.encode_images(np.stack([decode_image(sample_photo(n).read_bytes(), encoder.image_size, name=n) for n in SAMPLE_PHOTOS]))

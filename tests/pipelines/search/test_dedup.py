@@ -8,13 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import photo_bytes, sample_photo
-from typer.testing import CliRunner
-
 from shoplens.encoders.media import decode_image
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.search.dedup import components, dedup, near_duplicate_pairs
-from shoplens.pipelines.search.searcher import SearchFilters, Searcher
-from shoplens.pipelines.store.database import ITEMS, StoreError
+from shoplens.pipelines.search.searcher import Searcher, SearchFilters
+from shoplens.pipelines.store.database import StoreError
+from shoplens.pipelines.store.schemas import ITEMS
+from typer.testing import CliRunner
+
 from benchmarks.synthetic import embedding_like, synthetic_items
 
 # The micro model's random weights put unrelated photos closer than real weights would (coffee and

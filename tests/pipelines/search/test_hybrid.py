@@ -5,12 +5,12 @@ import json
 import lancedb
 import pyarrow as pa
 import pytest
+from shoplens.pipelines.cli import app
+from shoplens.pipelines.search.searcher import Searcher, SearchError, SearchFilters
+from shoplens.pipelines.store.indexes import build_indexes
+from shoplens.pipelines.store.schemas import ITEMS
 from typer.testing import CliRunner
 
-from shoplens.pipelines.cli import app
-from shoplens.pipelines.store.indexes import build_indexes
-from shoplens.pipelines.search.searcher import SearchError, SearchFilters, Searcher
-from shoplens.pipelines.store.database import ITEMS
 from benchmarks.synthetic import embedding_like, synthetic_items
 
 QUERY = "zanzibar teapot"
@@ -64,13 +64,13 @@ def test_hybrid_keeps_filters(db):
     titles = {h["item_id"]: h["title"] for h in keyword_hits}
     assert "keyword" in titles and {h["kind"] for h in keyword_hits} == {"video"}
     assert all({"zanzibar", "or", "1"} & set(title.lower().split()) for title in titles.values()), titles
-    videos = searcher.table.count_rows("kind = 'video'")  # our own literal, not user text
+    videos = searcher.store.read(ITEMS, ["item_id"], kind="video").num_rows
     assert len(keyword_hits) < videos  # not every video: the quote did not close a string
     hits = searcher.hybrid(evil_text, k=10, filters=SearchFilters(kind="video"))
     assert len(hits) == 10 and {h["kind"] for h in hits} == {"video"} and "keyword" in {h["item_id"] for h in hits}
     # An injection in a filter, with a text that matches rows: nothing passes the filter.
     assert searcher.hybrid(QUERY, k=10) and searcher.hybrid(QUERY, k=10, filters=SearchFilters(category="x' OR '1'='1")) == []
-    assert searcher.table.count_rows() == 200
+    assert searcher.store.count(ITEMS) == 200
 
 
 def test_hybrid_cli(db):

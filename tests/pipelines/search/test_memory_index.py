@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
+from shoplens.pipelines.search.searcher import Searcher, SearchFilters
 from shoplens.pipelines.store.indexes import ANN_MIN_ROWS, QueryTuning
-from shoplens.pipelines.search.searcher import SearchFilters, Searcher
-from shoplens.pipelines.store.database import ITEMS
+from shoplens.pipelines.store.schemas import ITEMS
+
 from benchmarks.synthetic import embedding_like, synthetic_items
 
 DIM = 64

@@ -7,13 +7,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, photo_bytes, ray_job, sample_photo, write_manifest
-from typer.testing import CliRunner
-
+from conftest import (
+    MICRO,
+    PIXEL_POLICY,
+    SAMPLE_PHOTOS,
+    photo_bytes,
+    ray_job,
+    sample_photo,
+    write_manifest,
+)
+from shoplens.encoders.weights import WeightsError, query_weights
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
-from shoplens.pipelines.search.searcher import SearchError, SearchFilters, Searcher, query_weights
-from shoplens.pipelines.store.database import ITEMS
+from shoplens.pipelines.search.searcher import Searcher, SearchError, SearchFilters
+from shoplens.pipelines.store.schemas import ITEMS
+from typer.testing import CliRunner
 
 CATEGORIES = ["posters", "kitchen", "posters", "o'reilly books", "kitchen", "posters"]
 
@@ -134,7 +142,7 @@ def test_model_mismatch_is_refused(db, tmp_path, micro_encoder):
 def test_provenance_gives_back_the_weights():
     assert query_weights("open_clip/ViT-B-32/laion2b_s34b_b79k", None) == ("ViT-B-32", "laion2b_s34b_b79k")
     assert query_weights("open_clip/shoplens-micro/random-seed0", None) == ("shoplens-micro", "random")
-    with pytest.raises(SearchError, match="pass them with --pretrained"):
+    with pytest.raises(WeightsError, match="pass them with --pretrained"):
         query_weights("open_clip/ViT-B-32/sha256:0123456789abcdef", None)
 
 

@@ -1,0 +1,77 @@
+"""`shoplens safety rescore`: stored items decided again by the database's current policy, without
+decoding or embedding anything again."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from shoplens.encoders.rows import OK, PRODUCT
+from shoplens.pipelines.ingest.writer import PendingWrites
+from shoplens.pipelines.store.database import ItemStore, StoreError
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS, frames_schema
+
+FETCH_ROWS = 1024
+
+
+def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy_path=None) -> dict:
+    """Decides every stored item again with the database's current policy, or the one at
+    `policy_path` (which becomes the database's): embedding signals from the stored vectors,
+    pixel models' stored outputs, PDQ hashes against the current bank. Nothing is decoded or
+    embedded again."""
+    from shoplens.encoders.clip import query_encoder
+    from shoplens.safety.scorer import SafetyScorer
+
+    started = time.perf_counter()
+    store = ItemStore(db)
+    policy, heads = store.policy(policy_path)
+    model = store.model()
+    if model is None:
+        raise StoreError(f"{db}: the table holds no embedded item yet: nothing to rescore")
+    encoder = query_encoder(model, pretrained, device)  # the table's own model, checked
+    if heads is not None:
+        heads.check_fits(encoder.provenance, encoder.dim)
+    if policy_path is not None:
+        store.remember_policy(policy, heads)
+    table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)
+    scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads,
+                          stored_pixel_scores=True)
+    pending = PendingWrites(store, table, frames, FETCH_ROWS, policy.names)
+    counts: dict[str, int] = {}
+    for batch in store.scan(ITEMS, batch_rows=FETCH_ROWS):
+        items = batch.to_pylist()
+        videos = [r["item_id"] for r in items if r["kind"] != PRODUCT and r["status"] == OK]
+        stored_frames: dict[str, list[dict]] = {}
+        for f in store.read(FRAMES, frames_schema(encoder.dim, []).names, item_ids=videos).to_pylist():
+            stored_frames.setdefault(f["item_id"], []).append(f)
+        scored = scorer(_stored_batch(items, stored_frames, encoder.dim))
+        for decision in scored["decision"]:
+            counts[decision] = counts.get(decision, 0) + 1
+        pending.add(scored)
+        pending.flush()
+    return {"command": "safety rescore", "db": db, "policy_version": policy.version, "items": sum(counts.values()),
+            "decisions": counts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) -> dict[str, np.ndarray]:
+    """Stored rows in the shape the scoring stage reads after embedding: a product is its one
+    frame; a video, its stored frames in order."""
+    n = len(items)
+    out = {key: np.empty(n, dtype=object) for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality",
+                                                      "timestamp_s", "frame_index")}
+    for i, item in enumerate(items):
+        if item["kind"] == PRODUCT or item["status"] != OK:
+            mine = [{"vector": item["vector"], "signal_scores": item["signal_scores"], "pdq": item["pdq"],
+                     "pdq_quality": item["pdq_quality"], "timestamp_s": 0.0, "frame_index": 0}] if item["status"] == OK else []
+        else:
+            mine = sorted(frames.get(item["item_id"], []), key=lambda f: f["frame_index"])
+        out["frame_vectors"][i] = np.array([f["vector"] for f in mine], np.float32).reshape(-1, dim)
+        out["frame_signal_scores"][i] = [f["signal_scores"] for f in mine]
+        out["pdq"][i] = [f["pdq"] for f in mine]
+        out["pdq_quality"][i] = np.array([-1 if f["pdq_quality"] is None else f["pdq_quality"] for f in mine], np.int32)
+        out["timestamp_s"][i] = np.array([f["timestamp_s"] for f in mine], np.float32)
+        out["frame_index"][i] = np.array([f["frame_index"] for f in mine], np.int64)
+    columns = {name: np.array([item[name] for item in items], dtype=object) for name in items[0]} if items else {}
+    for name in ("vector", "text_vector"):
+        columns[name] = np.array([np.zeros(dim, np.float32) if item[name] is None else item[name] for item in items], np.float32).reshape(n, dim)
+    return columns | out
