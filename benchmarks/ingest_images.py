@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/synthetic.py
+
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg", "hubble_deep_field.jpg")
 
 
@@ -56,9 +58,16 @@ def title(n: int) -> str:
 
 def catalog_rows(folder: Path, ids: range) -> dict[str, np.ndarray]:
     """The decode stage's input for items `ids` of `make_catalog`'s manifest."""
-    rows = {"item_id": [f"item-{n:05d}" for n in ids], "kind": ["product"] * len(ids), "title": [title(n) for n in ids],
-            "media_uri": [str(folder / f"{n:05d}.jpg") for n in ids], "status": ["ok"] * len(ids),
-            "error": [None] * len(ids), "known_sha256": [None] * len(ids), "frames": [None] * len(ids)}
+    rows = {
+        "item_id": [f"item-{n:05d}" for n in ids],
+        "kind": ["product"] * len(ids),
+        "title": [title(n) for n in ids],
+        "media_uri": [str(folder / f"{n:05d}.jpg") for n in ids],
+        "status": ["ok"] * len(ids),
+        "error": [None] * len(ids),
+        "known_sha256": [None] * len(ids),
+        "frames": [None] * len(ids),
+    }
     return {k: np.array(v, dtype=object) for k, v in rows.items()}
 
 
@@ -96,6 +105,7 @@ def model_only_rates(
     encoder = stage.embedder.encoder
     decode = MediaDecoder(encoder.image_size, fingerprint=True)
     batches = [decode(catalog_rows(folder, range(start, min(start + batch, count)))) for start in range(0, count, batch)]
+
     def image_tower(decoded):
         return encoder.encode_images(np.concatenate(decoded["pixels"]))
 
@@ -134,8 +144,9 @@ def main() -> None:
         if args.no_pixel_models:
             args.policy = policy_without_pixel_models(folder)
 
-        config = IngestConfig(manifest=manifest, db=str(folder / "db"), model=args.model,
-                              pretrained=args.pretrained, device=args.device, policy=args.policy)
+        config = IngestConfig(
+            manifest=manifest, db=str(folder / "db"), model=args.model, pretrained=args.pretrained, device=args.device, policy=args.policy
+        )
         outputs = []  # (seconds since the start, rows) for each batch the writer receives
         started = time.perf_counter()
         summary = ingest(config, on_rows=lambda rows: outputs.append((time.perf_counter() - started, rows)))
@@ -149,8 +160,9 @@ def main() -> None:
         pools = plan_pools(*cluster_resources(), device=args.device)
         ray.shutdown()  # free the cores the pipeline's actors held
         device = "cuda" if pools.embed.num_gpus else "cpu"
-        model_only, embed_only, image_tower = model_only_rates(folder, args.images, args.model, args.pretrained, device,
-                                                               pools.embed.threads, pools.embed.batch_size, args.policy)
+        model_only, embed_only, image_tower = model_only_rates(
+            folder, args.images, args.model, args.pretrained, device, pools.embed.threads, pools.embed.batch_size, args.policy
+        )
         deferred_decode, cpu_decode = decode_stage_rates(folder, args.images, resolve_weights(args.model, args.pretrained).image_size)
 
     figures = {
@@ -174,12 +186,16 @@ def main() -> None:
     print(f"end to end   : {end_to_end:8.2f} items/s ({args.images} items in {summary.seconds:.1f} s, start-up included)")
     print(f"  start-up   : {first_out:8.2f} s until the first rows reached the writer (Ray, actors, model)")
     print(f"  after it   : {steady:8.2f} items/s")
-    print(f"model only   : {model_only:8.2f} items/s (embed image + title and score, {pools.embed.threads} threads, batch {pools.embed.batch_size})")
+    print(
+        f"model only   : {model_only:8.2f} items/s (embed image + title and score, {pools.embed.threads} threads, batch {pools.embed.batch_size})"
+    )
     print(f"  embedding  : {embed_only:8.2f} items/s (image + title, no safety scoring)")
     print(f"  image tower: {image_tower:8.2f} images/s")
-    print(f"decode stage : {deferred_decode:8.1f} images/s per core with JPEGs left to the embedding device (GPU default),"
-          f" {cpu_decode:.1f} decoding on the CPU ({deferred_decode / cpu_decode:.1f}x);"
-          f" {figures['decode_cores_to_feed_model']} cores feed the model stage here")
+    print(
+        f"decode stage : {deferred_decode:8.1f} images/s per core with JPEGs left to the embedding device (GPU default),"
+        f" {cpu_decode:.1f} decoding on the CPU ({deferred_decode / cpu_decode:.1f}x);"
+        f" {figures['decode_cores_to_feed_model']} cores feed the model stage here"
+    )
     print(f"ratio        : {end_to_end / model_only:8.3f} end to end, {steady / model_only:.3f} after start-up")
     print(json.dumps(figures))
 

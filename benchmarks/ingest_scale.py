@@ -50,10 +50,26 @@ def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:
 
 def run_ingest(manifest: Path, db: Path, policy: Path) -> dict:
     """Runs one ingest in a subprocess; returns its summary with the peak memory seen."""
-    command = [sys.executable, "-c", "from shoplens.pipelines.cli import main; main()", "ingest", str(manifest), "--db", str(db),
-               "--model", "shoplens-micro", "--pretrained", "random", "--device", "cpu", "--policy", str(policy)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        "-c",
+        "from shoplens.pipelines.cli import main; main()",
+        "ingest",
+        str(manifest),
+        "--db",
+        str(db),
+        "--model",
+        "shoplens-micro",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--policy",
+        str(policy),
+    ]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     peak = {"driver_rss_mb": 0.0, "all_processes_rss_mb": 0.0}
     done = threading.Event()
 
@@ -75,8 +91,12 @@ def run_ingest(manifest: Path, db: Path, policy: Path) -> dict:
     sampler.join()
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["exit_code"] == 0, summary
-    return {"items": summary["items"], "seconds": summary["seconds"], "items_per_s": summary["items_per_s"],
-            **{k: round(v, 1) for k, v in peak.items()}}
+    return {
+        "items": summary["items"],
+        "seconds": summary["seconds"],
+        "items_per_s": summary["items_per_s"],
+        **{k: round(v, 1) for k, v in peak.items()},
+    }
 
 
 def main() -> None:
@@ -95,12 +115,16 @@ def main() -> None:
             runs.append(run_ingest(manifest, folder / f"db-{size}", policy))
             print(json.dumps(runs[-1]), file=sys.stderr)
     small, large = runs[0], runs[-1]
-    print(json.dumps({
-        "benchmark": "ingest_scale",
-        "runs": runs,
-        "driver_peak_ratio": round(large["driver_rss_mb"] / small["driver_rss_mb"], 2),
-        "all_processes_peak_ratio": round(large["all_processes_rss_mb"] / small["all_processes_rss_mb"], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest_scale",
+                "runs": runs,
+                "driver_peak_ratio": round(large["driver_rss_mb"] / small["driver_rss_mb"], 2),
+                "all_processes_peak_ratio": round(large["all_processes_rss_mb"] / small["all_processes_rss_mb"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

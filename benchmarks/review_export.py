@@ -39,6 +39,7 @@ def make_table(folder: Path, rows: int, dim: int = 512, chunk: int = 20_000) -> 
     import pyarrow as pa
     import skimage
     from PIL import Image
+
     from shoplens.pipelines.store.database import ItemStore
     from shoplens.pipelines.store.schemas import items_schema
     from shoplens.safety.policy import load_policy
@@ -61,13 +62,16 @@ def make_table(folder: Path, rows: int, dim: int = 512, chunk: int = 20_000) -> 
         risks = rng.uniform(0, 1, (n, len(policy.names))).astype(np.float32)
         columns = {f.name: pa.nulls(n, f.type) for f in schema}
         columns |= {
-            "item_id": pa.array([f"item-{start + i:07d}" for i in range(n)]), "kind": pa.array(["product"] * n),
+            "item_id": pa.array([f"item-{start + i:07d}" for i in range(n)]),
+            "kind": pa.array(["product"] * n),
             "title": pa.array([f"product {start + i}" for i in range(n)]),
             "media_uri": pa.array([str(media / f"{photos[(start + i) % len(photos)]}.jpg") for i in range(n)]),
-            "status": pa.array(["ok"] * n), "model": pa.array(["open_clip/ViT-B-32/random-seed0"] * n),
+            "status": pa.array(["ok"] * n),
+            "model": pa.array(["open_clip/ViT-B-32/random-seed0"] * n),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
             "updated_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-            "risk": pa.array(risks.max(axis=1)), "decision": pa.array(["review"] * n),
+            "risk": pa.array(risks.max(axis=1)),
+            "decision": pa.array(["review"] * n),
             "safety_version": pa.array([policy.version] * n),
             **{f"risk_{c}": pa.array(risks[:, k]) for k, c in enumerate(policy.names)},
         }
@@ -85,12 +89,19 @@ def main() -> None:
             started = time.perf_counter()
             db = make_table(Path(tmp), size)
             print(f"{size:>7} items: table made in {time.perf_counter() - started:.0f} s; exporting ...", file=sys.stderr)
-            out = subprocess.run([sys.executable, "-c", EXPORT, db, str(Path(tmp) / "queue")], capture_output=True, text=True,
-                                 env=os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", EXPORT, db, str(Path(tmp) / "queue")],
+                capture_output=True,
+                text=True,
+                env=os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)},
+                check=True,
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(result)
-            print(f"{size:>7} items: exported in {result['seconds']:.1f} s ({size / result['seconds']:.0f} items/s), "
-                  f"peak memory {result['peak_rss_mb']:.0f} MB")
+            print(
+                f"{size:>7} items: exported in {result['seconds']:.1f} s ({size / result['seconds']:.0f} items/s), "
+                f"peak memory {result['peak_rss_mb']:.0f} MB"
+            )
     figures = {"benchmark": "review_export", "runs": results}
     if len(results) > 1:
         figures["peak_memory_ratio_largest_to_smallest"] = round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 3)

@@ -84,12 +84,17 @@ def main() -> None:
     costs = {"embedding-based signals (prompt banks on image and title, heads)": timed(embedding_signals)}
     for name in policy.pixel_models:
         model = PIXEL_MODELS[name](args.threads)
-        costs[f"pixel model {name}"] = timed(lambda: [model(pixels[s : s + args.batch]) for s in batches], repeats=1)
+        costs[f"pixel model {name}"] = timed(lambda model=model: [model(pixels[s : s + args.batch]) for s in batches], repeats=1)
     costs["PDQ hashing (decode at 512 px + hash)"] = timed(lambda: [pdq_hash(np.asarray(load_image(d, 512))) for d in files], repeats=1)
 
     print(f"embedding (image + title, {args.model}, {args.threads} threads): {args.images / embedding:8.2f} items/s")
-    figures = {"benchmark": "safety_scoring", "images": args.images, "model": encoder.provenance, "threads": args.threads,
-               "embedding_items_per_s": round(args.images / embedding, 2)}
+    figures = {
+        "benchmark": "safety_scoring",
+        "images": args.images,
+        "model": encoder.provenance,
+        "threads": args.threads,
+        "embedding_items_per_s": round(args.images / embedding, 2),
+    }
     for name, seconds in costs.items():
         print(f"{name:<68}: {args.images / seconds:10.1f} items/s, {100 * seconds / embedding:8.3f}% of embedding")
         figures[name.split(" (")[0].replace(" ", "_") + "_share_of_embedding"] = round(seconds / embedding, 6)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from shoplens.encoders.rows import UNSCORED
 from shoplens.pipelines.store.schemas import items_schema
 from shoplens.safety.policy import load_policy
@@ -43,8 +44,15 @@ def mixed_decisions(numbers: np.ndarray) -> np.ndarray:
     return np.select([bucket < 90, bucket < 96, bucket < 98], ["allow", "review", UNSCORED], "block").astype(object)
 
 
-def synthetic_items(vectors: np.ndarray, text_vectors: np.ndarray | None = None, model: str = "synthetic",
-                    categories: int = 20, sellers: int = 100, first: int = 0, moderated: bool = False) -> pa.Table:
+def synthetic_items(
+    vectors: np.ndarray,
+    text_vectors: np.ndarray | None = None,
+    model: str = "synthetic",
+    categories: int = 20,
+    sellers: int = 100,
+    first: int = 0,
+    moderated: bool = False,
+) -> pa.Table:
     """`items` rows (the project's schema) for the given vectors: item ids `i{n:07d}`, kinds,
     categories `cat{n}` and sellers `s{n}` cycling through the rows, titles naming them; every
     item scored and allowed (`risk` 0.05), or with `moderated` the decisions of `mixed_decisions`."""

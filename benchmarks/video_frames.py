@@ -36,6 +36,7 @@ def clip_path() -> Path:
 def naive_seek(path: str, indices, size: int) -> np.ndarray:
     """The obvious way: seek to each wanted frame and read it."""
     import cv2
+
     from shoplens.encoders.video import to_model_pixels
 
     capture = cv2.VideoCapture(path)
@@ -59,6 +60,7 @@ def per_cpu_second(work, repeats: int) -> tuple[float, int]:
 
 def sampling_figures(repeats: int) -> dict:
     import cv2
+
     from shoplens.encoders.video import FrameSampling, sample_frames
 
     cv2.setNumThreads(1)
@@ -67,12 +69,15 @@ def sampling_figures(repeats: int) -> dict:
     for spec in ("uniform:8", "fps:1"):
         sampling = FrameSampling.parse(spec)
         wanted = sample_frames(path, sampling, 224).frame_index
-        ours, count = per_cpu_second(lambda: len(sample_frames(path, sampling, 224).frame_index), repeats)
-        naive, _ = per_cpu_second(lambda: len(naive_seek(path, wanted, 224)), repeats)
-        figures[spec] = {"frames_per_video": count, "frames_per_cpu_s": round(ours, 1),
-                         "naive_seek_frames_per_cpu_s": round(naive, 1), "speedup": round(ours / naive, 2)}
-        print(f"{spec:<10} {ours:8.1f} frames per CPU-second, naive seeking {naive:8.1f}: {ours / naive:.2f}x "
-              f"({count} frames a video)")
+        ours, count = per_cpu_second(lambda sampling=sampling: len(sample_frames(path, sampling, 224).frame_index), repeats)
+        naive, _ = per_cpu_second(lambda wanted=wanted: len(naive_seek(path, wanted, 224)), repeats)
+        figures[spec] = {
+            "frames_per_video": count,
+            "frames_per_cpu_s": round(ours, 1),
+            "naive_seek_frames_per_cpu_s": round(naive, 1),
+            "speedup": round(ours / naive, 2),
+        }
+        print(f"{spec:<10} {ours:8.1f} frames per CPU-second, naive seeking {naive:8.1f}: {ours / naive:.2f}x ({count} frames a video)")
     return figures
 
 
@@ -89,9 +94,16 @@ def model_stage_rates(videos: int, model: str, pretrained: str, device: str, thr
     stage = EmbedAndScore(ClipSpec(model, pretrained, device), load_policy(), num_threads=threads)
     decode = MediaDecoder(stage.embedder.encoder.image_size, fingerprint=True)
     rows = min(videos, batch)  # one batch of videos, as the model actor gets them
-    batch_rows = {"item_id": [f"video-{n:04d}" for n in range(rows)], "kind": ["video"] * rows,
-                  "title": [f"short video number {n}" for n in range(rows)], "media_uri": [str(clip_path())] * rows,
-                  "status": ["ok"] * rows, "error": [None] * rows, "known_sha256": [None] * rows, "frames": ["uniform:8"] * rows}
+    batch_rows = {
+        "item_id": [f"video-{n:04d}" for n in range(rows)],
+        "kind": ["video"] * rows,
+        "title": [f"short video number {n}" for n in range(rows)],
+        "media_uri": [str(clip_path())] * rows,
+        "status": ["ok"] * rows,
+        "error": [None] * rows,
+        "known_sha256": [None] * rows,
+        "frames": ["uniform:8"] * rows,
+    }
     decoded = decode({k: np.array(v, dtype=object) for k, v in batch_rows.items()})
     frames = sum(len(p) for p in decoded["pixels"])
     stage(decoded)  # warm-up: first calls allocate and pick kernels
@@ -109,6 +121,7 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
     """(frames written, seconds, model, the pool plan) of one ingest of `videos` copies of the
     clip with `uniform:8`, Ray's start-up included."""
     import ray
+
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
     from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
     from shoplens.pipelines.store.database import ItemStore
@@ -121,11 +134,12 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
             shutil.copyfile(clip_path(), folder / f"{n:04d}.mp4")
             lines.append(f"video-{n:04d},video,short video number {n},{n:04d}.mp4")
         (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
-        config = IngestConfig(manifest=folder / "catalog.csv", db=str(folder / "db"), model=model,
-                              pretrained=pretrained, device=device, frames="uniform:8")
+        config = IngestConfig(
+            manifest=folder / "catalog.csv", db=str(folder / "db"), model=model, pretrained=pretrained, device=device, frames="uniform:8"
+        )
         summary = ingest(config)
         assert summary.ok == videos, summary
-        frames = ItemStore(config.db).existing(FRAMES).count_rows()
+        frames = ItemStore(config.db).count(FRAMES)
         pools = plan_pools(*cluster_resources(), device=device)
         ray.shutdown()
     return frames, summary.seconds, summary.model, pools
@@ -141,19 +155,33 @@ def ingest_figures(videos: int, model: str, pretrained: str, device: str) -> dic
     few_frames, few_seconds, _, _ = timed_ingest(few, model, pretrained, device)
     frames, seconds, used_model, pools = timed_ingest(videos, model, pretrained, device)
     if few == videos or seconds <= few_seconds:
-        raise SystemExit(f"--videos {videos}: too few for a steady rate ({few} videos took {few_seconds:.1f} s, {videos} took {seconds:.1f} s)")
+        raise SystemExit(
+            f"--videos {videos}: too few for a steady rate ({few} videos took {few_seconds:.1f} s, {videos} took {seconds:.1f} s)"
+        )
     embed_device = "cuda" if pools.embed.num_gpus else "cpu"
     model_only, clip_only = model_stage_rates(videos, model, pretrained, embed_device, pools.embed.threads, pools.embed.batch_size)
     end_to_end = frames / seconds
     steady = (frames - few_frames) / (seconds - few_seconds)
-    print(f"ingest     {end_to_end:8.1f} frames/s end to end ({videos} videos x {frames // videos} frames, {seconds:.1f} s, "
-          f"start-up included), {steady:.1f} frames/s at steady state ({few} videos took {few_seconds:.1f} s); "
-          f"model stage only {model_only:.1f} frames/s: ratios {end_to_end / model_only:.3f} and {steady / model_only:.3f} "
-          f"(its OpenCLIP part alone: {clip_only:.1f} frames/s)")
-    return {"videos": videos, "frames_per_video": frames // videos, "seconds": seconds, "quarter_run_seconds": few_seconds,
-            "end_to_end_frames_per_s": round(end_to_end, 2), "steady_frames_per_s": round(steady, 2),
-            "model_only_frames_per_s": round(model_only, 2), "clip_only_frames_per_s": round(clip_only, 2), "ratio": round(end_to_end / model_only, 3),
-            "steady_ratio": round(steady / model_only, 3), "model": used_model, "device": embed_device}
+    print(
+        f"ingest     {end_to_end:8.1f} frames/s end to end ({videos} videos x {frames // videos} frames, {seconds:.1f} s, "
+        f"start-up included), {steady:.1f} frames/s at steady state ({few} videos took {few_seconds:.1f} s); "
+        f"model stage only {model_only:.1f} frames/s: ratios {end_to_end / model_only:.3f} and {steady / model_only:.3f} "
+        f"(its OpenCLIP part alone: {clip_only:.1f} frames/s)"
+    )
+    return {
+        "videos": videos,
+        "frames_per_video": frames // videos,
+        "seconds": seconds,
+        "quarter_run_seconds": few_seconds,
+        "end_to_end_frames_per_s": round(end_to_end, 2),
+        "steady_frames_per_s": round(steady, 2),
+        "model_only_frames_per_s": round(model_only, 2),
+        "clip_only_frames_per_s": round(clip_only, 2),
+        "ratio": round(end_to_end / model_only, 3),
+        "steady_ratio": round(steady / model_only, 3),
+        "model": used_model,
+        "device": embed_device,
+    }
 
 
 def main() -> None:

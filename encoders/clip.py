@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from shoplens.encoders.decode import DEFERRED_COLUMNS
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.rows import ERROR, OK
@@ -45,8 +46,7 @@ def query_encoder(provenance: str, pretrained: str | None = None, device: str = 
     encoder = ClipEncoder(ClipSpec(architecture, weights, device))
     if encoder.provenance != provenance:
         raise WeightsError(
-            f"the table was embedded with {provenance}, but the query encoder is {encoder.provenance}: "
-            "their vectors cannot be compared"
+            f"the table was embedded with {provenance}, but the query encoder is {encoder.provenance}: their vectors cannot be compared"
         )
     return encoder
 
@@ -155,7 +155,11 @@ class ClipEmbedder:
     adds = ("vector", "text_vector", "frame_vectors", "model")
 
     def __init__(
-        self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, max_frames_per_call: int = 256,
+        self,
+        spec: ClipSpec,
+        num_threads: int | None = None,
+        source: ModelSource | None = None,
+        max_frames_per_call: int = 256,
         keep_pixels: bool = False,
     ):
         # `source`: weights the driver already resolved (and checksummed), so no actor does it again.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
 from shoplens.encoders.device_decode import decode_on_cpu, jpeg_header
 from shoplens.encoders.media import (
     ImageLimits,
@@ -40,8 +41,13 @@ class MediaDecoder:
     drops = ()
 
     def __init__(
-        self, image_size: int, image_limits: ImageLimits = ImageLimits(), video_limits: VideoLimits = VideoLimits(),
-        fingerprint: bool = False, defer_jpegs: bool = False, media_root: str | None = None,
+        self,
+        image_size: int,
+        image_limits: ImageLimits = ImageLimits(),
+        video_limits: VideoLimits = VideoLimits(),
+        fingerprint: bool = False,
+        defer_jpegs: bool = False,
+        media_root: str | None = None,
     ):
         self.size = image_size
         # Local media are opened inside this folder only, checked again at open time (encoders.media).

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
 from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
 from shoplens.encoders.phash import pdq_hash, pdq_hashes
 
@@ -73,7 +74,11 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> JpegHeader:
 
 
 def decode_on_device(
-    images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits(), headers: list[tuple[int, int]] | None = None,
+    images: list[bytes],
+    size: int,
+    device: str,
+    limits: ImageLimits = ImageLimits(),
+    headers: list[tuple[int, int]] | None = None,
 ) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
     as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device

@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def text_or_none(value) -> str | None:
@@ -121,8 +119,13 @@ def _open_local(path: str, root: str | None) -> tuple[int, io.BufferedReader]:
 
 
 def _file_type(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
-             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    kinds = (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    )
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
@@ -161,20 +164,14 @@ def load_image(data: bytes, size: int, *, name: str = "", limits: ImageLimits = 
         try:
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except UnidentifiedImageError:
-            raise MediaError(
-                f"not an accepted image format ({', '.join(ALLOWED_FORMATS)}); "
-                f"the file starts with {data[:12]!r}"
-            ) from None
+            raise MediaError(f"not an accepted image format ({', '.join(ALLOWED_FORMATS)}); the file starts with {data[:12]!r}") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise MediaError(f"refused as a decompression bomb: {e}") from None
         except Exception as e:  # a damaged header: OSError, SyntaxError, struct.error...
             raise MediaError(f"corrupt image header: {e}") from None
         width, height = image.size
         if width * height > limits.max_pixels:
-            raise MediaError(
-                f"image is {width}x{height} = {width * height / 1e6:.0f} MP, "
-                f"over the {limits.max_pixels / 1e6:.0f} MP limit"
-            )
+            raise MediaError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {limits.max_pixels / 1e6:.0f} MP limit")
         if width == 0 or height == 0:
             raise MediaError(f"image has no pixels ({width}x{height})")
         fmt = image.format

@@ -49,7 +49,10 @@ def _remote_filesystem(scheme: str, bucket: str, endpoint: str | None, region: s
     if endpoint:
         parsed = urlparse(endpoint)
         return fs.S3FileSystem(
-            endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https",
-            region=region or "us-east-1", connect_timeout=10, request_timeout=60,
+            endpoint_override=parsed.netloc or parsed.path,
+            scheme=parsed.scheme or "https",
+            region=region or "us-east-1",
+            connect_timeout=10,
+            request_timeout=60,
         )
     return fs.S3FileSystem(region=region or fs.resolve_s3_region(bucket), connect_timeout=10, request_timeout=60)

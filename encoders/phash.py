@@ -55,8 +55,9 @@ def pdq_hashes(images) -> list[tuple[str, int]]:
     coefficients = (dct @ grids @ dct.T).flatten(1)  # [N, 256]
     bits = (coefficients > coefficients.median(dim=1, keepdim=True).values).to(torch.uint8).cpu().numpy()
     bits = bits[:, ::-1]  # the reference writes bit 255 first: this is `pdqhash.compute`'s order
-    gradients = (_truncated_percent(grids[:, 1:] - grids[:, :-1]).sum(dim=(1, 2))
-                 + _truncated_percent(grids[:, :, 1:] - grids[:, :, :-1]).sum(dim=(1, 2)))
+    gradients = _truncated_percent(grids[:, 1:] - grids[:, :-1]).sum(dim=(1, 2)) + _truncated_percent(
+        grids[:, :, 1:] - grids[:, :, :-1]
+    ).sum(dim=(1, 2))
     qualities = (gradients // 90).clamp(max=100).cpu().numpy()
     return [(np.packbits(row).tobytes().hex(), int(q)) for row, q in zip(bits, qualities)]
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from shoplens.encoders.media import MediaError
 
 DEFAULT_SAMPLING = "uniform:8"
@@ -167,6 +168,7 @@ class _Reader:
     def take(self, index: int, frame_bgr: np.ndarray) -> tuple:
         """(index, timestamp, model pixels, PDQ hash, its quality) of a retrieved frame."""
         import cv2
+
         from shoplens.encoders.phash import pdq_hash
 
         pixels = to_model_pixels(frame_bgr, self.size)
@@ -274,7 +276,8 @@ def to_model_pixels(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     height, width = frame_bgr.shape[:2]
     scale = size / min(width, height)
     resized = cv2.resize(
-        frame_bgr, (max(size, round(width * scale)), max(size, round(height * scale))),
+        frame_bgr,
+        (max(size, round(width * scale)), max(size, round(height * scale))),
         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
     )
     top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2

@@ -88,10 +88,7 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
     if not _tag_is_cached(tag_cfg):
         host = _tag_host(tag_cfg)
         if not _reachable(host, probe_timeout_s):
-            raise WeightsError(
-                f"weights {model}/{pretrained} are not in the local cache and {host} cannot be "
-                f"reached. {REMEDY}"
-            )
+            raise WeightsError(f"weights {model}/{pretrained} are not in the local cache and {host} cannot be reached. {REMEDY}")
     return ModelSource(model, pretrained, None, format_provenance(model, pretrained), **shape)
 
 
@@ -142,9 +139,7 @@ def _local_dir_source(pretrained: str) -> ModelSource:
     config_path = folder / "open_clip_config.json"
     if not config_path.is_file():
         raise WeightsError(f"{pretrained}: no open_clip_config.json in {folder}. {REMEDY}")
-    weights = sorted(
-        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")
-    )
+    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
     # OpenCLIP only warns when the folder has no weights and builds a random model: refuse instead.
     if not weights:
         raise WeightsError(f"{pretrained}: no weights file (*.safetensors, *.bin) in {folder}. {REMEDY}")
@@ -167,8 +162,9 @@ def _tag_is_cached(tag_cfg: dict) -> bool:
         filename = filename or "open_clip_pytorch_model.bin"
         candidates = [filename]
         if filename.endswith(".bin"):
-            candidates.insert(0, "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin"
-                              else filename[:-4] + ".safetensors")
+            candidates.insert(
+                0, "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else filename[:-4] + ".safetensors"
+            )
         return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in candidates)
     url = tag_cfg.get("url", "")
     return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()

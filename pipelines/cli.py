@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import typer
+
 from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOME_ITEMS_FAILED = 0, 1, 2, 3
@@ -49,26 +50,41 @@ def ingest(
     manifest: str = typer.Argument(..., help="CSV, JSON Lines or Parquet manifest, one row per item: a path, s3:// or gs:// URI."),
     db: str = typer.Option(..., "--db", help="LanceDB database: a folder, s3:// or gs:// URI."),
     model: str = typer.Option(DEFAULT_MODEL, help="Any OpenCLIP architecture name."),
-    pretrained: str = typer.Option(
-        DEFAULT_PRETRAINED, help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."
-    ),
+    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="Weights: an OpenCLIP tag, a checkpoint file, local-dir:FOLDER, or random."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     device_decode: str = typer.Option("auto", help="Decode JPEGs on the embedding device (nvJPEG): auto (on GPUs), on, off."),
     frames: str = typer.Option("uniform:8", help="Video frame sampling: uniform:N, fps:R or scene (a manifest `frames` cell overrides)."),
-    media_root: str = typer.Option(None, help="Folder or s3:// / gs:// prefix relative media paths resolve against (default: the manifest's folder)."),
-    policy: Path = typer.Option(None, help="Safety policy file (YAML); it becomes the database's policy "
-                                "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
+    media_root: str = typer.Option(
+        None, help="Folder or s3:// / gs:// prefix relative media paths resolve against (default: the manifest's folder)."
+    ),
+    policy: Path = typer.Option(
+        None,
+        help="Safety policy file (YAML); it becomes the database's policy "
+        "(default: the database's own: the last one given to a job or calibrated, else the shipped one).",
+    ),
     ray_address: str = typer.Option(None, help="Ray cluster to join (default: a running one, else a local one)."),
 ) -> None:
     """Embed and safety-score a catalog into LanceDB with a Ray Data job."""
     from shoplens.pipelines.ingest.job import IngestConfig
     from shoplens.pipelines.ingest.job import ingest as run_ingest
 
-    config = _config(IngestConfig, manifest=manifest, db=db, model=model, pretrained=pretrained, device=device,
-                     device_decode=device_decode, frames=frames, media_root=media_root, policy=policy, ray_address=ray_address)
+    config = _config(
+        IngestConfig,
+        manifest=manifest,
+        db=db,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        device_decode=device_decode,
+        frames=frames,
+        media_root=media_root,
+        policy=policy,
+        ray_address=ray_address,
+    )
 
     def job() -> dict:
         with progress_bar(None, "ingest") as bar:
+
             def total(rows: int) -> None:
                 bar.total = rows
                 bar.refresh()
@@ -95,8 +111,11 @@ def search(
     field: str = typer.Option("image", help="Compare a --text query with item images (image) or titles (title)."),
     hybrid: bool = typer.Option(False, help="With --text: fuse vector and title full-text results (reciprocal rank fusion)."),
     nprobes: int = typer.Option(10, help="ANN index partitions to scan (after `shoplens index`): more is slower, higher recall."),
-    refine_factor: int = typer.Option(None, help="Re-rank refine-factor x k ANN candidates by their full vectors "
-                                      "(default: 5 on an IVF_PQ index, 1 on the others); 0: never, scores approximate."),
+    refine_factor: int = typer.Option(
+        None,
+        help="Re-rank refine-factor x k ANN candidates by their full vectors "
+        "(default: 5 on an IVF_PQ index, 1 on the others); 0: never, scores approximate.",
+    ),
     pretrained: str = typer.Option(None, help="Weights to embed the query (default: the table's own)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Put the results in the JSON line on stdout."),
@@ -118,8 +137,14 @@ def search(
         _usage("--nprobes must be at least 1 and --refine-factor at least 0")
     if max_risk is not None and not 0 <= max_risk <= 1:
         _usage(f"--max-risk must be in [0, 1], not {max_risk}")
-    filters = SearchFilters(kind=kind, category=category, seller_id=seller, max_risk=max_risk, include_blocked=include_blocked,
-                                include_unscored=include_unscored)
+    filters = SearchFilters(
+        kind=kind,
+        category=category,
+        seller_id=seller,
+        max_risk=max_risk,
+        include_blocked=include_blocked,
+        include_unscored=include_unscored,
+    )
 
     def job() -> dict:
         searcher = Searcher(db, pretrained=pretrained, device=device, tuning=QueryTuning(nprobes, refine_factor))
@@ -158,7 +183,9 @@ def review_export(
     limit: int = typer.Option(None, help="At most this many items, highest risk first."),
     categories: list[str] = typer.Option(None, "--categories", help="Only items at or over a review threshold of these categories."),
     include_blocked: bool = typer.Option(False, help="Also export blocked items, for audit."),
-    evidence_prefix: str = typer.Option("", help="Prefix for evidence paths in tasks.json (e.g. Label Studio's /data/local-files/?d=DIR/)."),
+    evidence_prefix: str = typer.Option(
+        "", help="Prefix for evidence paths in tasks.json (e.g. Label Studio's /data/local-files/?d=DIR/)."
+    ),
 ) -> None:
     """Export the review queue with evidence, in Label Studio's task format and flat files."""
     from shoplens.pipelines.moderation.review_queue import export_queue
@@ -194,8 +221,11 @@ def safety_rescore(
     db: str = typer.Option(..., "--db", help="LanceDB database to decide again."),
     pretrained: str = typer.Option(None, help="Weights of the table's model, for a table built from a local checkpoint."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    policy: Path = typer.Option(None, help="Safety policy file to apply; it becomes the database's policy "
-                                "(default: the database's own: the last one given to a job or calibrated, else the shipped one)."),
+    policy: Path = typer.Option(
+        None,
+        help="Safety policy file to apply; it becomes the database's policy "
+        "(default: the database's own: the last one given to a job or calibrated, else the shipped one).",
+    ),
 ) -> None:
     """Apply the database's current policy to stored scores and embeddings, without re-embedding."""
     from shoplens.pipelines.moderation.rescore import rescore
@@ -208,7 +238,9 @@ def bank_add(
     files: list[Path] = typer.Argument(..., help="Images of known violating media."),
     category: str = typer.Option(..., help="The policy category they violate."),
     db: str = typer.Option(..., "--db", help="LanceDB database the bank lives in (beside `items`)."),
-    policy: Path = typer.Option(None, help="Safety policy file for the category and match rules (default: the database's own, else the shipped one)."),
+    policy: Path = typer.Option(
+        None, help="Safety policy file for the category and match rules (default: the database's own, else the shipped one)."
+    ),
 ) -> None:
     """Add images to the hash bank; later ingests block items that match them."""
     from shoplens.pipelines.moderation.bank_add import add_to_bank

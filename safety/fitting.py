@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+
 from shoplens.safety.heads import fit_logistic
 from shoplens.safety.policy import CategoryCalibration, logit
 
@@ -27,8 +28,10 @@ def too_few(y: np.ndarray) -> str | None:
     enough: reviewers who found none among the flagged items say the flags were wrong."""
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     if len(y) < MIN_LABELS or negatives < MIN_NOT_VIOLATING:
-        return (f"{len(y)} labels ({positives} violating, {negatives} not); at least {MIN_LABELS} are needed, "
-                f"{MIN_NOT_VIOLATING} of them not violating")
+        return (
+            f"{len(y)} labels ({positives} violating, {negatives} not); at least {MIN_LABELS} are needed, "
+            f"{MIN_NOT_VIOLATING} of them not violating"
+        )
     return None
 
 
@@ -90,8 +93,9 @@ def category_signals(policy, category: str, signal_scores: list[dict]) -> dict[s
     out = {}
     for name, outputs in feeds.items():
         if outputs:
-            values = [max((s.get(name, {}).get(o) for o in outputs if s.get(name, {}).get(o) is not None), default=np.nan)
-                      for s in signal_scores]
+            values = [
+                max((s.get(name, {}).get(o) for o in outputs if s.get(name, {}).get(o) is not None), default=np.nan) for s in signal_scores
+            ]
             if not np.isnan(values).all():
                 out[name] = np.array(values, np.float64)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from shoplens.encoders.phash import hamming, hash_bytes
 from shoplens.safety.policy import HashBankPolicy
 

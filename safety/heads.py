@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from shoplens.safety.policy import Policy, PolicyError, load_policy, sigmoid
 
 
@@ -39,8 +40,9 @@ class EmbeddingHeads:
         """Heads from `to_bytes`' format; ValueError for anything else (never a pickle)."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
-                heads = cls([str(c) for c in f["categories"]], f["weights"].astype(np.float64), f["bias"].astype(np.float64),
-                            str(f["model"]))
+                heads = cls(
+                    [str(c) for c in f["categories"]], f["weights"].astype(np.float64), f["bias"].astype(np.float64), str(f["model"])
+                )
         except Exception as e:  # not an npz, a missing array, an object array...
             raise ValueError(f"not a heads file written by `shoplens safety calibrate`: {type(e).__name__}: {e}") from None
         count = len(heads.categories)
@@ -82,8 +84,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> tu
         if np.abs(step).max() < 1e-8:
             break
     return theta[:-1], float(theta[-1])
-
-
 
 
 def load_policy_and_heads(path: str | Path | None) -> tuple[Policy, EmbeddingHeads | None]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.rows import (
     ALLOW,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from shoplens.safety.policy import Policy
 
 # (model provenance, prompts) -> their embeddings: once per model in a process.

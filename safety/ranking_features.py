@@ -8,8 +8,19 @@ import pyarrow.compute as pc
 
 FEATURE_SCHEMA_VERSION = "1"
 # Read from `items`, besides `risk_<category>`; `dup_count` joins them where dedup has run.
-ITEM_COLUMNS = ("item_id", "kind", "updated_at", "model", "safety_version", "risk", "decision", "risk_topk_mean",
-                "frames_over_review", "evidence_timestamp_s", "hash_match")
+ITEM_COLUMNS = (
+    "item_id",
+    "kind",
+    "updated_at",
+    "model",
+    "safety_version",
+    "risk",
+    "decision",
+    "risk_topk_mean",
+    "frames_over_review",
+    "evidence_timestamp_s",
+    "hash_match",
+)
 OPTIONAL_COLUMNS = ("dup_count",)
 
 

@@ -62,20 +62,36 @@ def task(item: dict, categories: list[str], review_thresholds: list[float], evid
     version = f"{item['model']} | policy {item['safety_version']}"
     return {
         "data": {
-            "item_id": item["item_id"], "image": evidence_url, "title": item.get("title") or item["item_id"],
-            "details": details, "kind": item["kind"], "category": item.get("category"), "seller_id": item.get("seller_id"),
-            "decision": item["decision"], "risk": item["risk"], "scores": scores, "hash_match": item.get("hash_match"),
-            "evidence_timestamp_s": item.get("evidence_timestamp_s"), "model": item["model"],
+            "item_id": item["item_id"],
+            "image": evidence_url,
+            "title": item.get("title") or item["item_id"],
+            "details": details,
+            "kind": item["kind"],
+            "category": item.get("category"),
+            "seller_id": item.get("seller_id"),
+            "decision": item["decision"],
+            "risk": item["risk"],
+            "scores": scores,
+            "hash_match": item.get("hash_match"),
+            "evidence_timestamp_s": item.get("evidence_timestamp_s"),
+            "model": item["model"],
             "safety_version": item["safety_version"],
         },
-        "predictions": [{
-            "model_version": version,
-            "score": item["risk"],
-            "result": [{
-                "id": f"{item['item_id']}-prediction", "type": "choices", "from_name": FROM_NAME, "to_name": TO_NAME,
-                "value": {"choices": flagged or [NONE_CHOICE]},
-            }],
-        }],
+        "predictions": [
+            {
+                "model_version": version,
+                "score": item["risk"],
+                "result": [
+                    {
+                        "id": f"{item['item_id']}-prediction",
+                        "type": "choices",
+                        "from_name": FROM_NAME,
+                        "to_name": TO_NAME,
+                        "value": {"choices": flagged or [NONE_CHOICE]},
+                    }
+                ],
+            }
+        ],
     }
 
 

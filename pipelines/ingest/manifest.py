@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
+
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.object_store import REMOTE_SCHEMES, filesystem_for, is_remote
 from shoplens.encoders.rows import ERROR, KINDS, OK, PRODUCT
@@ -38,9 +39,7 @@ class Manifest:
     root: str | None = None  # the media root rows were resolved against: a local folder, or a remote prefix
 
 
-def read_manifest(
-    path: str | os.PathLike, media_root: str | os.PathLike | None = None, default_frames: str = DEFAULT_SAMPLING
-) -> Manifest:
+def read_manifest(path: str | os.PathLike, media_root: str | os.PathLike | None = None, default_frames: str = DEFAULT_SAMPLING) -> Manifest:
     """Reads and checks a manifest: a local path, or an `s3://` / `gs://` URI. Videos sample
     frames as their `frames` cell says, else as `default_frames` says (`uniform:N`, `fps:R` or
     `scene`). Relative media paths resolve against `media_root`, by default the manifest's folder
@@ -180,7 +179,13 @@ def _remote_key(ref: str, root: str) -> str:
     uri = f"{base.scheme}://{base.netloc}{key}"
     # Checked as the reader will parse it: `?` and `#` would cut the key short (`..?/x` reads `..`).
     read_back = urlparse(uri)
-    if (urlparse(ref).scheme or ref.startswith("/") or read_back.query or read_back.fragment or read_back.path != key
-            or not key.startswith(prefix + "/")):
+    if (
+        urlparse(ref).scheme
+        or ref.startswith("/")
+        or read_back.query
+        or read_back.fragment
+        or read_back.path != key
+        or not key.startswith(prefix + "/")
+    ):
         raise ManifestError(f"path {ref!r} is not a relative path inside the remote media root {root}")
     return uri

@@ -72,8 +72,10 @@ def apply_stage(ds, stage_cls, pool: StagePool, *, stateless: bool = False, **co
     common = dict(num_cpus=pool.num_cpus, batch_size=pool.batch_size, batch_format="numpy")
     if stateless:
         return ds.map_batches(
-            _run_stateless, fn_kwargs={"stage_cls": stage_cls, "kwargs": constructor_kwargs},
-            compute=ray.data.TaskPoolStrategy(size=pool.size), **common,
+            _run_stateless,
+            fn_kwargs={"stage_cls": stage_cls, "kwargs": constructor_kwargs},
+            compute=ray.data.TaskPoolStrategy(size=pool.size),
+            **common,
         )
     return ds.map_batches(
         stage_cls,

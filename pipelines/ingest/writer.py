@@ -8,6 +8,7 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.rows import (
     OK,
@@ -27,8 +28,16 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list
     columns by name; a column of a category the policy does not have is null."""
     dim = schema.field("vector").type.list_size
     risk_names = [risk_column(c) for c in categories]
-    columns = {"item_id": [], "frame_index": [], "timestamp_s": [], "model": [], "pdq": [], "pdq_quality": [], "hash_match": [],
-               "signal_scores": []}
+    columns = {
+        "item_id": [],
+        "frame_index": [],
+        "timestamp_s": [],
+        "model": [],
+        "pdq": [],
+        "pdq_quality": [],
+        "hash_match": [],
+        "signal_scores": [],
+    }
     vectors, risks = [], []
     for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
         count = len(batch["frame_index"][i])
@@ -114,8 +123,20 @@ class PendingWrites:
     """Rows waiting for the one writer, committed in batches of at most `commit_rows` items. It
     reads what the stages made (the safety columns too, where scoring ran: null without it)."""
 
-    reads = (*METADATA_FIELDS, "vector", "text_vector", "model", "pdq", "pdq_quality", "frame_index", "timestamp_s",
-             "frame_vectors", "frame_risks", "frame_hash_match", "frame_signal_scores")
+    reads = (
+        *METADATA_FIELDS,
+        "vector",
+        "text_vector",
+        "model",
+        "pdq",
+        "pdq_quality",
+        "frame_index",
+        "timestamp_s",
+        "frame_vectors",
+        "frame_risks",
+        "frame_hash_match",
+        "frame_signal_scores",
+    )
 
     def __init__(self, store: ItemStore, items, frames, commit_rows: int, categories: list[str]):
         self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+
 from shoplens.encoders.media import ImageLimits, MediaError, load_image, read_media
 from shoplens.encoders.phash import pdq_hash
 from shoplens.encoders.rows import BLOCK
@@ -38,25 +39,53 @@ def add_to_bank(db: str, files: list[Path], category: str, policy: Policy) -> di
             errors.append({"file": str(path), "error": str(e)})
             continue
         if quality < policy.hash_bank.min_quality:
-            errors.append({"file": str(path), "error": f"PDQ quality {quality} is below {policy.hash_bank.min_quality}: too featureless to match reliably"})
+            errors.append(
+                {
+                    "file": str(path),
+                    "error": f"PDQ quality {quality} is below {policy.hash_bank.min_quality}: too featureless to match reliably",
+                }
+            )
             continue
         entry_id = hashlib.sha256(data).hexdigest()[:16]
-        entries.setdefault(entry_id, {
-            "entry_id": entry_id, "category": category, "pdq": pdq, "quality": quality,
-            "source": path.name, "added_at": dt.datetime.now(dt.timezone.utc),
-        })
+        entries.setdefault(
+            entry_id,
+            {
+                "entry_id": entry_id,
+                "category": category,
+                "pdq": pdq,
+                "quality": quality,
+                "source": path.name,
+                "added_at": dt.datetime.now(dt.timezone.utc),
+            },
+        )
     store = ItemStore(db)
     blocked = {"items": 0, "frames": 0}
     if entries:
-        schema = pa.schema([("entry_id", pa.string()), ("category", pa.string()), ("pdq", pa.string()),
-                            ("quality", pa.int32()), ("source", pa.string()), ("added_at", pa.timestamp("us", tz="UTC"))])
+        schema = pa.schema(
+            [
+                ("entry_id", pa.string()),
+                ("category", pa.string()),
+                ("pdq", pa.string()),
+                ("quality", pa.int32()),
+                ("source", pa.string()),
+                ("added_at", pa.timestamp("us", tz="UTC")),
+            ]
+        )
         store.add_to_bank(pa.Table.from_pylist(list(entries.values()), schema=schema))
         new = list(entries.values())
         bank = HashBank([e["entry_id"] for e in new], [e["category"] for e in new], [e["pdq"] for e in new])
         blocked = block_stored_matches(store, bank, policy)
-    return {"command": "safety bank add", "db": db, "category": category, "added": len(entries),
-            "entries": list(entries), "blocked_items": blocked["items"], "blocked_frames": blocked["frames"],
-            "failed": len(errors), "errors": errors}
+    return {
+        "command": "safety bank add",
+        "db": db,
+        "category": category,
+        "added": len(entries),
+        "entries": list(entries),
+        "blocked_items": blocked["items"],
+        "blocked_frames": blocked["frames"],
+        "failed": len(errors),
+        "errors": errors,
+    }
 
 
 def block_stored_matches(store: ItemStore, bank: HashBank, policy: Policy) -> dict[str, int]:
@@ -78,10 +107,16 @@ def block_stored_matches(store: ItemStore, bank: HashBank, policy: Policy) -> di
         for k in np.flatnonzero(entry >= 0):
             matched.setdefault(batch["item_id"][k].as_py(), bank.entry_ids[entry[k]])
     if frame_updates:
-        store.block_frames(pa.table({
-            "item_id": [f[0] for f in frame_updates], "frame_index": pa.array([f[1] for f in frame_updates], pa.int64()),
-            "hash_match": [f[2] for f in frame_updates], "category": [f[3] for f in frame_updates],
-        }))
+        store.block_frames(
+            pa.table(
+                {
+                    "item_id": [f[0] for f in frame_updates],
+                    "frame_index": pa.array([f[1] for f in frame_updates], pa.int64()),
+                    "hash_match": [f[2] for f in frame_updates],
+                    "category": [f[3] for f in frame_updates],
+                }
+            )
+        )
     if matched:
         store.block_items(matched, dict(zip(bank.entry_ids, bank.categories)), BLOCK)
     return {"items": len(matched), "frames": len(frame_updates)}

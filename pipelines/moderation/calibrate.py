@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import numpy as np
+
 from shoplens.encoders.rows import OK, risk_column
 from shoplens.pipelines.moderation.review_queue import ReviewError
 from shoplens.pipelines.store.database import ItemStore
@@ -77,8 +78,11 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
         stored = np.array([np.nan if rows[ids[i]][risk_column(category)] is None else rows[ids[i]][risk_column(category)] for i in where])
         old = policy.categories[category]
         report[category] = {
-            "labels": len(y), "violating": int(y.sum()), "held_out": int((~train).sum()),
-            "review": round(review, 6), "block": round(block, 6),
+            "labels": len(y),
+            "violating": int(y.sum()),
+            "held_out": int((~train).sum()),
+            "review": round(review, 6),
+            "block": round(block, 6),
             "before": vars(Figures.of(np.nan_to_num(stored[~train], nan=-1.0), y[~train], old.review)),
             "after": vars(Figures.of(calibrated[~train], y[~train], review)),
             "after_block": vars(Figures.of(calibrated[~train], y[~train], block)),
@@ -86,12 +90,25 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
         categories[category] = old.model_copy(update={"review": review, "block": block})
         calibration[category] = fit
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    new = policy.model_copy(update={
-        "version": f"{policy.version.split('+cal.')[0]}+cal.{stamp}", "parent": policy.version, "categories": categories,
-        "calibration": calibration, "heads": None, "source": None,
-    })
-    summary = {"command": "safety calibrate", "db": db, "policy_version": new.version, "parent": policy.version,
-               "target_precision": target_precision, "review_precision": review_precision,
-               "categories": report, "skipped": skipped}
+    new = policy.model_copy(
+        update={
+            "version": f"{policy.version.split('+cal.')[0]}+cal.{stamp}",
+            "parent": policy.version,
+            "categories": categories,
+            "calibration": calibration,
+            "heads": None,
+            "source": None,
+        }
+    )
+    summary = {
+        "command": "safety calibrate",
+        "db": db,
+        "policy_version": new.version,
+        "parent": policy.version,
+        "target_precision": target_precision,
+        "review_precision": review_precision,
+        "categories": report,
+        "skipped": skipped,
+    }
     store.save_policy(new, heads, summary)
     return summary

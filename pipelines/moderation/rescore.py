@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from shoplens.encoders.rows import OK, PRODUCT
 from shoplens.pipelines.ingest.writer import PendingWrites
 from shoplens.pipelines.store.database import ItemStore, StoreError
@@ -34,8 +35,7 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
     if policy_path is not None:
         store.remember_policy(policy, heads)
     table, frames = store.items(encoder.dim, policy.names), store.frames(encoder.dim, policy.names)
-    scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads,
-                          stored_pixel_scores=True)
+    scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, store.hash_bank(), heads=heads, stored_pixel_scores=True)
     pending = PendingWrites(store, table, frames, FETCH_ROWS, policy.names)
     counts: dict[str, int] = {}
     for batch in store.scan(ITEMS, batch_rows=FETCH_ROWS):
@@ -49,20 +49,40 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
             counts[decision] = counts.get(decision, 0) + 1
         pending.add(scored)
         pending.flush()
-    return {"command": "safety rescore", "db": db, "policy_version": policy.version, "items": sum(counts.values()),
-            "decisions": counts, "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "command": "safety rescore",
+        "db": db,
+        "policy_version": policy.version,
+        "items": sum(counts.values()),
+        "decisions": counts,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) -> dict[str, np.ndarray]:
     """Stored rows in the shape the scoring stage reads after embedding: a product is its one
     frame; a video, its stored frames in order."""
     n = len(items)
-    out = {key: np.empty(n, dtype=object) for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality",
-                                                      "timestamp_s", "frame_index")}
+    out = {
+        key: np.empty(n, dtype=object)
+        for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality", "timestamp_s", "frame_index")
+    }
     for i, item in enumerate(items):
         if item["kind"] == PRODUCT or item["status"] != OK:
-            mine = [{"vector": item["vector"], "signal_scores": item["signal_scores"], "pdq": item["pdq"],
-                     "pdq_quality": item["pdq_quality"], "timestamp_s": 0.0, "frame_index": 0}] if item["status"] == OK else []
+            mine = (
+                [
+                    {
+                        "vector": item["vector"],
+                        "signal_scores": item["signal_scores"],
+                        "pdq": item["pdq"],
+                        "pdq_quality": item["pdq_quality"],
+                        "timestamp_s": 0.0,
+                        "frame_index": 0,
+                    }
+                ]
+                if item["status"] == OK
+                else []
+            )
         else:
             mine = sorted(frames.get(item["item_id"], []), key=lambda f: f["frame_index"])
         out["frame_vectors"][i] = np.array([f["vector"] for f in mine], np.float32).reshape(-1, dim)
@@ -73,5 +93,7 @@ def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) ->
         out["frame_index"][i] = np.array([f["frame_index"] for f in mine], np.int64)
     columns = {name: np.array([item[name] for item in items], dtype=object) for name in items[0]} if items else {}
     for name in ("vector", "text_vector"):
-        columns[name] = np.array([np.zeros(dim, np.float32) if item[name] is None else item[name] for item in items], np.float32).reshape(n, dim)
+        columns[name] = np.array([np.zeros(dim, np.float32) if item[name] is None else item[name] for item in items], np.float32).reshape(
+            n, dim
+        )
     return columns | out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from shoplens.encoders.decode import MAX_VIDEO_BYTES
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import (
@@ -37,8 +38,20 @@ from shoplens.safety.review_format import (
 
 EVIDENCE_SIDE = 512
 FETCH_ROWS = 512  # queued items read (and written out) at a time: memory does not grow with the queue
-ITEM_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "decision", "risk", "evidence_timestamp_s",
-               "hash_match", "model", "safety_version")
+ITEM_FIELDS = (
+    "item_id",
+    "kind",
+    "title",
+    "category",
+    "seller_id",
+    "media_uri",
+    "decision",
+    "risk",
+    "evidence_timestamp_s",
+    "hash_match",
+    "model",
+    "safety_version",
+)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@")  # and tab and carriage return, removed with the other control characters
@@ -49,8 +62,14 @@ class ReviewError(UsageError):
     """A review or calibration command that cannot run as asked."""
 
 
-def export_queue(db: str, out: Path, limit: int | None = None, categories: list[str] | None = None,
-                 include_blocked: bool = False, evidence_prefix: str = "") -> dict:
+def export_queue(
+    db: str,
+    out: Path,
+    limit: int | None = None,
+    categories: list[str] | None = None,
+    include_blocked: bool = False,
+    evidence_prefix: str = "",
+) -> dict:
     """Writes the review queue to `out`: `tasks.json` (Label Studio), `labeling_config.xml`,
     `review.parquet`, `review.csv`, `summary.json` and `evidence/`. Priority: highest `risk`
     first, then `item_id`; blocked items (with `include_blocked`) come in the same order."""
@@ -83,19 +102,31 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
         keys = keys.filter(pa.array(wanted))
     # Unscored items (null risk) first: nothing is known about them.
     unknown = pc.is_null(keys["risk"])
-    keys = pa.concat_tables([keys.filter(unknown).sort_by([("item_id", "ascending")]),
-                             keys.filter(pc.invert(unknown)).sort_by([("risk", "descending"), ("item_id", "ascending")])])
+    keys = pa.concat_tables(
+        [
+            keys.filter(unknown).sort_by([("item_id", "ascending")]),
+            keys.filter(pc.invert(unknown)).sort_by([("risk", "descending"), ("item_id", "ascending")]),
+        ]
+    )
     order = keys["item_id"].to_pylist()[:limit]
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "evidence").mkdir(exist_ok=True)
     (out / "labeling_config.xml").write_text(labeling_config(policy.names))
     columns = ["priority", *ITEM_FIELDS, *map(risk_column, names), "evidence", "evidence_error"]
-    schema = pa.schema([(c, pa.int64() if c == "priority" else pa.float64() if c.startswith("risk") or c == "evidence_timestamp_s" else pa.string()) for c in columns])
+    schema = pa.schema(
+        [
+            (c, pa.int64() if c == "priority" else pa.float64() if c.startswith("risk") or c == "evidence_timestamp_s" else pa.string())
+            for c in columns
+        ]
+    )
     counts = {"queued": len(order), REVIEW: 0, UNSCORED: 0, BLOCK: 0, "evidence_failed": 0}
     versions, errors = set(), []
-    with (out / "tasks.json").open("w") as tasks, (out / "review.csv").open("w", newline="") as flat_csv, \
-            pq.ParquetWriter(out / "review.parquet", schema) as flat_parquet:
+    with (
+        (out / "tasks.json").open("w") as tasks,
+        (out / "review.csv").open("w", newline="") as flat_csv,
+        pq.ParquetWriter(out / "review.parquet", schema) as flat_parquet,
+    ):
         writer = csv.DictWriter(flat_csv, fieldnames=columns)
         writer.writeheader()
         tasks.write("[")
@@ -117,15 +148,25 @@ def export_queue(db: str, out: Path, limit: int | None = None, categories: list[
                 if error:
                     entry["data"]["details"] += f" (evidence unavailable: {error})"
                 tasks.write(("\n" if priority == 1 else ",\n") + json.dumps(entry))
-                rows.append({"priority": priority, **{c: item.get(c) for c in columns if c in item}, "evidence": evidence, "evidence_error": error})
+                rows.append(
+                    {"priority": priority, **{c: item.get(c) for c in columns if c in item}, "evidence": evidence, "evidence_error": error}
+                )
             writer.writerows([{c: spreadsheet_safe(v) for c, v in row.items()} for row in rows])
             flat_parquet.write_table(pa.Table.from_pylist(rows, schema=schema))
         tasks.write("\n]\n")
     summary = {
-        "command": "review export", "db": db, "out": str(out), **counts, "failed": counts["evidence_failed"],
-        "errors": errors[:20], "include_blocked": include_blocked, "categories": categories or names,
-        "policy_version": policy.version, "scored_with": [{"model": m, "safety_version": v} for m, v in sorted(versions, key=str)],
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seconds": round(time.perf_counter() - started, 3),
+        "command": "review export",
+        "db": db,
+        "out": str(out),
+        **counts,
+        "failed": counts["evidence_failed"],
+        "errors": errors[:20],
+        "include_blocked": include_blocked,
+        "categories": categories or names,
+        "policy_version": policy.version,
+        "scored_with": [{"model": m, "safety_version": v} for m, v in sorted(versions, key=str)],
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "seconds": round(time.perf_counter() - started, 3),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -148,8 +189,9 @@ def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:
         if not item["media_uri"]:
             raise MediaError("no media stored for this item")
         if item["kind"] == PRODUCT:
-            image = load_image(read_media(item["media_uri"], ImageLimits().max_bytes, _folder(item["media_uri"])), EVIDENCE_SIDE,
-                               name=item["media_uri"])
+            image = load_image(
+                read_media(item["media_uri"], ImageLimits().max_bytes, _folder(item["media_uri"])), EVIDENCE_SIDE, name=item["media_uri"]
+            )
         else:
             from PIL import Image
 
@@ -191,18 +233,26 @@ def import_labels(db: str, path: Path) -> dict:
     known = set(store.read(ITEMS, ["item_id"], item_ids=ids)["item_id"].to_pylist()) if ids else set()
     unknown = [i for i in ids if i not in known]
     kept = [label for label in labels if label.item_id in known]
-    rows = pa.table({
-        "item_id": pa.array([label.item_id for label in kept], pa.string()),
-        "category": pa.array([label.category for label in kept], pa.string()),
-        "violating": pa.array([label.violating for label in kept], pa.bool_()),
-        "reviewer": pa.array([label.reviewer for label in kept], pa.string()),
-        "labeled_at": pa.array([label.labeled_at for label in kept], pa.string()),
-        "source": pa.array([path.name] * len(kept), pa.string()),
-        "imported_at": pa.array([dt.datetime.now(dt.timezone.utc)] * len(kept), pa.timestamp("us", tz="UTC")),
-    })
+    rows = pa.table(
+        {
+            "item_id": pa.array([label.item_id for label in kept], pa.string()),
+            "category": pa.array([label.category for label in kept], pa.string()),
+            "violating": pa.array([label.violating for label in kept], pa.bool_()),
+            "reviewer": pa.array([label.reviewer for label in kept], pa.string()),
+            "labeled_at": pa.array([label.labeled_at for label in kept], pa.string()),
+            "source": pa.array([path.name] * len(kept), pa.string()),
+            "imported_at": pa.array([dt.datetime.now(dt.timezone.utc)] * len(kept), pa.timestamp("us", tz="UTC")),
+        }
+    )
     if rows.num_rows:
         store.upsert_labels(rows)
-    return {"command": "review import", "db": db, "file": str(path), "labels": rows.num_rows,
-            "items": len(known), "unknown_items": len(unknown), "failed": len(unknown),
-            "errors": [{"item_id": i, "error": "no such item in the database"} for i in unknown[:20]]}
-
+    return {
+        "command": "review import",
+        "db": db,
+        "file": str(path),
+        "labels": rows.num_rows,
+        "items": len(known),
+        "unknown_items": len(unknown),
+        "failed": len(unknown),
+        "errors": [{"item_id": i, "error": "no such item in the database"} for i in unknown[:20]],
+    }

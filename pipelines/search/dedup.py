@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+
 from shoplens.pipelines.store.database import ItemStore, StoreError
 from shoplens.pipelines.store.schemas import ITEMS
 
@@ -67,12 +68,24 @@ def dedup(db: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
     roots = components(len(ids), pairs)
     sizes = np.bincount(roots, minlength=len(ids))[roots]
     failed = rows.filter(rows["vector"].is_null())["item_id"]
-    store.update_columns(table, pa.table({
-        "item_id": pa.concat_arrays([pa.array(ids.tolist(), pa.string()), failed.combine_chunks()]),
-        "dup_group": pa.concat_arrays([pa.array(ids[roots].tolist(), pa.string()), pa.nulls(len(failed), pa.string())]),
-        "dup_count": pa.concat_arrays([pa.array(sizes, pa.int32()), pa.nulls(len(failed), pa.int32())]),
-    }))
+    store.update_columns(
+        table,
+        pa.table(
+            {
+                "item_id": pa.concat_arrays([pa.array(ids.tolist(), pa.string()), failed.combine_chunks()]),
+                "dup_group": pa.concat_arrays([pa.array(ids[roots].tolist(), pa.string()), pa.nulls(len(failed), pa.string())]),
+                "dup_count": pa.concat_arrays([pa.array(sizes, pa.int32()), pa.nulls(len(failed), pa.int32())]),
+            }
+        ),
+    )
     grouped = sizes > 1
-    return {"command": "dedup", "db": db, "threshold": threshold, "items": len(rows), "embedded": len(ids),
-            "groups": len(np.unique(roots[grouped])), "items_in_groups": int(grouped.sum()),
-            "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "command": "dedup",
+        "db": db,
+        "threshold": threshold,
+        "items": len(rows),
+        "embedded": len(ids),
+        "groups": len(np.unique(roots[grouped])),
+        "items_in_groups": int(grouped.sum()),
+        "seconds": round(time.perf_counter() - started, 2),
+    }

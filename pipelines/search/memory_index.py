@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
+
 from shoplens.pipelines.store.indexes import ANN_MIN_ROWS, ivf_partitions
 
 TRAINING_ROWS_PER_PARTITION = 50  # faiss warns below 39
@@ -42,8 +43,9 @@ class MemoryIndex:
             # fp16 codes: half the memory of the vectors, and scores within 1e-3 of exact cosines,
             # so nothing is re-ranked by full vectors.
             self.partitions = ivf_partitions(self.size)
-            self.index = faiss.IndexIVFScalarQuantizer(self.quantizer, dim, self.partitions, faiss.ScalarQuantizer.QT_fp16,
-                                                       faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexIVFScalarQuantizer(
+                self.quantizer, dim, self.partitions, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+            )
             rows = min(self.size, TRAINING_ROWS_PER_PARTITION * self.partitions)
             sample = np.sort(np.random.default_rng(0).choice(np.flatnonzero(self.present), rows, replace=False))
             self.index.train(unit_vectors(column.take(sample).combine_chunks()))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from shoplens.encoders.clip import ClipEncoder, query_encoder
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import ImageLimits, MediaError, decode_image, read_media
@@ -85,8 +86,9 @@ class Searcher:
     """Opens a database's `items` table once; answers many queries. With `prewarm`, a process that
     will answer many copies the table into memory first and answers vector queries there."""
 
-    def __init__(self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning(),
-                 prewarm: bool = False):
+    def __init__(
+        self, db: str, pretrained: str | None = None, device: str = "auto", tuning: QueryTuning = QueryTuning(), prewarm: bool = False
+    ):
         self.store = ItemStore(db)
         try:
             self.snapshot = self.store.snapshot(ITEMS)
@@ -174,14 +176,20 @@ class Searcher:
             raise SearchError(f"-k must be at least 1, not {k}")
         if self.memory is not None and FIELDS[field] in self.memory.indexes:
             return self.memory.nearest(vector, k, filters, FIELDS[field], self.tuning.nprobes)
-        hits = self.snapshot.nearest(self.nearest_query(vector, k, field), self.columns, filters.expression("arrow"))
+        hits = self.snapshot.nearest(self.nearest_query(vector, k, field), self.columns, filters.expression("arrow")).to_pylist()
         return [{"score": round(1.0 - hit.pop("_distance"), 6), **hit} for hit in hits]
 
     def nearest_query(self, vector: np.ndarray, k: int, field: str = "image") -> dict:
         """The Lance `nearest` argument for the k nearest to `vector` under this searcher's tuning."""
         column = FIELDS[field]
-        query = {"column": column, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
-                 "nprobes": self.tuning.nprobes, "ef": self.tuning.ef}  # ignored by an exact search
+        query = {
+            "column": column,
+            "q": np.asarray(vector, np.float32),
+            "k": k,
+            "metric": "cosine",
+            "nprobes": self.tuning.nprobes,
+            "ef": self.tuning.ef,
+        }  # ignored by an exact search
         refine = self.tuning.refine_for(self.snapshot.ann_index_type(column))
         return query | {"refine_factor": refine} if refine else query
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
+
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.object_store import s3_endpoint, s3_region
 from shoplens.encoders.rows import OK, risk_column
@@ -233,10 +234,15 @@ class ItemStore:
         """Stores a (calibrated) policy version with its heads; the newest is the database's policy."""
         from shoplens.safety.policy import policy_yaml
 
-        row = pa.table({
-            "version": [policy.version], "created_at": [dt.datetime.now(dt.timezone.utc)], "policy": [policy_yaml(policy)],
-            "heads": pa.array([heads.to_bytes() if heads else None], pa.binary()), "report": [json.dumps(report)],
-        })
+        row = pa.table(
+            {
+                "version": [policy.version],
+                "created_at": [dt.datetime.now(dt.timezone.utc)],
+                "policy": [policy_yaml(policy)],
+                "heads": pa.array([heads.to_bytes() if heads else None], pa.binary()),
+                "report": [json.dumps(report)],
+            }
+        )
         table = self.existing(POLICIES)
         if table is None:  # two first jobs may create it at once: the later one opens it
             table = self.db.create_table(POLICIES, schema=row.schema, exist_ok=True)
@@ -298,10 +304,12 @@ class ItemStore:
                 same = pc.and_(same, _same_text(old[name], old[f"{name}_new"]))
             old = old.filter(pc.fill_null(same, False))
             usable = pc.equal(old["status_new"], OK)
-            known.append(pa.table(
-                [old["item_id"], pc.if_else(usable, old["media_sha256"], pa.scalar(None, pa.string())), old["status"], old["error"]],
-                schema=KNOWN_SCHEMA,
-            ))
+            known.append(
+                pa.table(
+                    [old["item_id"], pc.if_else(usable, old["media_sha256"], pa.scalar(None, pa.string())), old["status"], old["error"]],
+                    schema=KNOWN_SCHEMA,
+                )
+            )
         return manifest.join(pa.concat_tables(known), "item_id", join_type="left outer")
 
     def upsert(self, table, rows: pa.Table) -> None:
@@ -323,8 +331,13 @@ class ItemStore:
         """Marks stored items as matching the hash bank, in one commit: `matched` maps an item_id
         to the entry it matched, `categories` an entry to its category."""
         table = self._required(ITEMS)
-        rows = self._matched_rows(table, ["item_id"], [(item_id,) for item_id in matched], [matched[i] for i in matched],
-                                  [categories[matched[i]] for i in matched])
+        rows = self._matched_rows(
+            table,
+            ["item_id"],
+            [(item_id,) for item_id in matched],
+            [matched[i] for i in matched],
+            [categories[matched[i]] for i in matched],
+        )
         rows = rows.set_column(rows.schema.get_field_index("decision"), "decision", pa.array([block] * rows.num_rows, pa.string()))
         self.update_columns(table, rows)
 
@@ -333,8 +346,9 @@ class ItemStore:
         matching the hash bank, in one commit."""
         table = self._required(FRAMES)
         keys = list(zip(matches["item_id"].to_pylist(), matches["frame_index"].to_pylist()))
-        rows = self._matched_rows(table, ["item_id", "frame_index"], keys, matches["hash_match"].to_pylist(),
-                                  matches["category"].to_pylist())
+        rows = self._matched_rows(
+            table, ["item_id", "frame_index"], keys, matches["hash_match"].to_pylist(), matches["category"].to_pylist()
+        )
         table.merge_insert(["item_id", "frame_index"]).when_matched_update_all().execute(rows.cast(keyed(rows.schema, FRAMES)))
 
     @staticmethod
@@ -396,8 +410,9 @@ def _drop_duplicate_keys(table, key: tuple[str, ...]) -> None:
 def _concurrent(error: Exception) -> bool:
     """Whether `error` is another writer's commit getting in first (worth opening again)."""
     text = str(error).lower()
-    return any(words in text for words in ("incompatible transaction", "concurrent transaction", "commit conflict",
-                                           "already exists", "retryable"))
+    return any(
+        words in text for words in ("incompatible transaction", "concurrent transaction", "commit conflict", "already exists", "retryable")
+    )
 
 
 def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -405,5 +420,3 @@ def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
     import pyarrow.compute as pc
 
     return pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
-
-

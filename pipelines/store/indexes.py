@@ -65,8 +65,9 @@ def ivf_partitions(rows: int) -> int:
     return max(1, min(round(math.sqrt(rows)), rows // 256))
 
 
-def build_indexes(db: str, index_type: str = "IVF_SQ", min_rows: int = ANN_MIN_ROWS, log=print,
-                  columns: tuple[str, ...] = VECTOR_COLUMNS) -> dict:
+def build_indexes(
+    db: str, index_type: str = "IVF_SQ", min_rows: int = ANN_MIN_ROWS, log=print, columns: tuple[str, ...] = VECTOR_COLUMNS
+) -> dict:
     """Builds (or rebuilds) the indexes of the `items` table (ANN ones on `columns`); returns the JSON summary."""
     from lancedb.index import FTS
 
@@ -84,10 +85,13 @@ def build_indexes(db: str, index_type: str = "IVF_SQ", min_rows: int = ANN_MIN_R
         log(f"{column}: training {index_type} on {rows} vectors")
         column_started = time.perf_counter()
         table.create_index(column, config=ann_config(index_type, rows, dim), replace=True)
-        summary["vector_indexes"][column] = {"rows": rows, "index": index_type, "search": "ann",
-                                             "seconds": round(time.perf_counter() - column_started, 2)}
+        summary["vector_indexes"][column] = {
+            "rows": rows,
+            "index": index_type,
+            "search": "ann",
+            "seconds": round(time.perf_counter() - column_started, 2),
+        }
     for column, kind in SCALAR_INDEXES.items():
         table.create_scalar_index(column, index_type=kind, replace=True)
     table.create_index("title", config=FTS(), replace=True)
-    return summary | {"scalar_indexes": list(SCALAR_INDEXES), "fts_index": "title",
-                      "seconds": round(time.perf_counter() - started, 2)}
+    return summary | {"scalar_indexes": list(SCALAR_INDEXES), "fts_index": "title", "seconds": round(time.perf_counter() - started, 2)}

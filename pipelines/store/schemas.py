@@ -4,6 +4,7 @@ categories (`shoplens.encoders.rows.risk_column`); a table gains the columns it 
 from __future__ import annotations
 
 import pyarrow as pa
+
 from shoplens.encoders.rows import risk_column
 
 ITEMS = "items"
@@ -13,7 +14,17 @@ POLICIES = "policies"
 LABELS = "labels"
 # `note` (what was capped or cut short) and `frames` (the video's sampling) extend the design's columns.
 METADATA_FIELDS = (
-    "item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames",
+    "item_id",
+    "kind",
+    "title",
+    "category",
+    "seller_id",
+    "media_uri",
+    "media_sha256",
+    "status",
+    "error",
+    "note",
+    "frames",
 )
 
 # Safety columns besides `risk_<category>` (see safety.scorer): written as the scorer made them.
@@ -51,38 +62,44 @@ def risk_fields(categories: list[str]) -> list[pa.Field]:
 
 def items_schema(dim: int, categories: list[str]) -> pa.Schema:
     vector = pa.list_(pa.float32(), dim)
-    return keyed(pa.schema(
-        [pa.field("item_id", pa.string(), nullable=False)]
-        + [pa.field(name, pa.string()) for name in METADATA_FIELDS[1:]]
-        + [
-            pa.field("vector", vector),
-            pa.field("text_vector", vector),
-            pa.field("model", pa.string()),
-            pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-            pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
-            pa.field("pdq_quality", pa.int32()),
-            # Near-duplicate groups (`shoplens dedup`): the group's smallest item_id and its size.
-            pa.field("dup_group", pa.string()),
-            pa.field("dup_count", pa.int32()),
-        ]
-        + risk_fields(categories)
-        + list(SAFETY_FIELDS)
-    ), ITEMS)
+    return keyed(
+        pa.schema(
+            [pa.field("item_id", pa.string(), nullable=False)]
+            + [pa.field(name, pa.string()) for name in METADATA_FIELDS[1:]]
+            + [
+                pa.field("vector", vector),
+                pa.field("text_vector", vector),
+                pa.field("model", pa.string()),
+                pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+                pa.field("pdq", pa.string()),  # products: the image's PDQ hash (videos: per frame)
+                pa.field("pdq_quality", pa.int32()),
+                # Near-duplicate groups (`shoplens dedup`): the group's smallest item_id and its size.
+                pa.field("dup_group", pa.string()),
+                pa.field("dup_count", pa.int32()),
+            ]
+            + risk_fields(categories)
+            + list(SAFETY_FIELDS)
+        ),
+        ITEMS,
+    )
 
 
 def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
-    return keyed(pa.schema(
-        [
-            pa.field("item_id", pa.string(), nullable=False),
-            pa.field("frame_index", pa.int64(), nullable=False),
-            pa.field("timestamp_s", pa.float32()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("model", pa.string()),
-            pa.field("pdq", pa.string()),
-            pa.field("pdq_quality", pa.int32()),
-            pa.field("hash_match", pa.string()),
-            pa.field("signal_scores", pa.string()),
-        ]
-        + risk_fields(categories)
-        + [pa.field("risk", pa.float32())]
-    ), FRAMES)
+    return keyed(
+        pa.schema(
+            [
+                pa.field("item_id", pa.string(), nullable=False),
+                pa.field("frame_index", pa.int64(), nullable=False),
+                pa.field("timestamp_s", pa.float32()),
+                pa.field("vector", pa.list_(pa.float32(), dim)),
+                pa.field("model", pa.string()),
+                pa.field("pdq", pa.string()),
+                pa.field("pdq_quality", pa.int32()),
+                pa.field("hash_match", pa.string()),
+                pa.field("signal_scores", pa.string()),
+            ]
+            + risk_fields(categories)
+            + [pa.field("risk", pa.float32())]
+        ),
+        FRAMES,
+    )

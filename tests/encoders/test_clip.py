@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo
 from PIL import Image
+
 from shoplens.encoders.clip import ClipEmbedder, ClipEncoder
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.rows import ERROR, OK

@@ -4,6 +4,7 @@ Deselected by default; run with `pytest -m gpu` on a CUDA host."""
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, sample_photo
+
 from shoplens.encoders.clip import ClipEncoder, ClipSpec
 from shoplens.encoders.media import decode_image
 
@@ -24,6 +25,7 @@ def test_fp16_gpu_vectors_match_the_cpu_path(model):
 
 def test_nvjpeg_pixels_and_fingerprints_match_the_cpu_decoder():
     from conftest import photo_bytes
+
     from shoplens.encoders.device_decode import decode_on_device
     from shoplens.encoders.phash import hamming, hash_bytes
 

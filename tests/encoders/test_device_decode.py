@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, photo_bytes, sample_photo
+
 from shoplens.encoders.device_decode import decode_on_device, jpeg_header
 from shoplens.encoders.media import decode_image, load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
@@ -86,6 +87,7 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     """The decode stage leaves JPEGs to the embed stage with their orientation; PNGs, truncated
     JPEGs and wrong names it handles itself, as without deferral."""
     from PIL import Image
+
     from shoplens.encoders.clip import ClipEmbedder
     from shoplens.encoders.decode import MediaDecoder
 
@@ -93,13 +95,25 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.open(sample_photo("chelsea.png")).convert("RGB").save(rotated, "JPEG", quality=95, exif=exif)
-    files = {"rotated.jpg": rotated.getvalue(), "coffee.png": sample_photo("coffee.png").read_bytes(),
-             "truncated.jpg": bad_media()["truncated.jpg"], "notes.txt": photo_bytes()}
+    files = {
+        "rotated.jpg": rotated.getvalue(),
+        "coffee.png": sample_photo("coffee.png").read_bytes(),
+        "truncated.jpg": bad_media()["truncated.jpg"],
+        "notes.txt": photo_bytes(),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     n = len(files)
-    rows = {"item_id": list(files), "kind": ["product"] * n, "title": ["a cat"] * n, "media_uri": [str(tmp_path / f) for f in files],
-            "status": ["ok"] * n, "error": [None] * n, "known_sha256": [None] * n, "frames": [None] * n}
+    rows = {
+        "item_id": list(files),
+        "kind": ["product"] * n,
+        "title": ["a cat"] * n,
+        "media_uri": [str(tmp_path / f) for f in files],
+        "status": ["ok"] * n,
+        "error": [None] * n,
+        "known_sha256": [None] * n,
+        "frames": [None] * n,
+    }
     decoded = MediaDecoder(SIZE, fingerprint=True, defer_jpegs=True)({k: np.array(v, dtype=object) for k, v in rows.items()})
     assert [isinstance(e, bytes) for e in decoded["encoded"]] == [True, False, False, False]
     assert list(decoded["exif_orientation"]) == [6, 1, 1, 1] and list(decoded["jpeg_pixels"]) == [451 * 300, 0, 0, 0]
@@ -108,6 +122,7 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     out = stage(decoded)
     assert list(out["status"]) == ["ok", "ok", "error", "error"] and "encoded" not in out
     assert "truncated" in out["error"][2] and "not an image type" in out["error"][3]
+
     def distance(a, b):
         return np.abs(a.astype(int) - b.astype(int)).mean()
 

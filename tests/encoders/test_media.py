@@ -6,6 +6,7 @@ import pytest
 from conftest import SAMPLE_PHOTOS, bad_media, encode, photo_bytes, sample_photo
 from conftest import bomb_png as bomb_side
 from PIL import Image
+
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import ImageLimits, MediaError, decode_image, read_media
 from shoplens.encoders.rows import ERROR, OK, SKIPPED
@@ -222,8 +223,11 @@ def test_a_link_swapped_in_after_the_manifest_was_checked_is_not_followed(tmp_pa
     (root / "sub").symlink_to(outside)
     (root / "clip.mp4").symlink_to(outside / "clip.mp4")
     (root / "kept.jpg").write_bytes(photo_bytes())
-    out = decode_rows(root, [root / "photo.jpg", root / "sub" / "photo.jpg", root / "clip.mp4", root / "kept.jpg"],
-                      kinds=["product", "product", "video", "product"])
+    out = decode_rows(
+        root,
+        [root / "photo.jpg", root / "sub" / "photo.jpg", root / "clip.mp4", root / "kept.jpg"],
+        kinds=["product", "product", "video", "product"],
+    )
     assert list(out["status"]) == [ERROR, ERROR, ERROR, OK]
     assert "is a symbolic link" in out["error"][0] and "is a symbolic link" in out["error"][2]
     assert f"outside the media root {root}" in out["error"][1]

@@ -2,6 +2,7 @@
 
 import numpy as np
 from conftest import SAMPLE_PHOTOS, sample_photo
+
 from shoplens.encoders.media import load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
 
@@ -29,6 +30,8 @@ def test_batched_hashes_are_the_reference_hashes_within_a_few_bits():
     flat = np.full((1, 120, 90, 3), 128, np.uint8)
     assert pdq_hashes(torch.from_numpy(flat).permute(0, 3, 1, 2))[0][1] == pdq_hash(flat[0])[1] == 0
     # Different photos are far apart: the bits are the pictures', not the algorithm's.
-    different = hamming(hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))]),
-                        hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops[1:] + crops[:1])).permute(0, 3, 1, 2))]))
+    different = hamming(
+        hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))]),
+        hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops[1:] + crops[:1])).permute(0, 3, 1, 2))]),
+    )
     assert different.diagonal().min() > 64

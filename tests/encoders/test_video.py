@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 from conftest import SHOTS, mjpeg_stream, sample_video, shots_video, write_video
+
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import MediaError
 from shoplens.encoders.rows import ERROR, OK, SKIPPED
@@ -121,6 +122,7 @@ def hls_playlist(segment) -> bytes:
 def test_ffmpeg_opens_no_playlist_even_past_the_content_check(tmp_path, monkeypatch):
     """The second door: FFmpeg itself is held to the known containers' demuxers and to files."""
     import cv2
+
     from shoplens.encoders.video import FFMPEG_OPTIONS
 
     playlist = tmp_path / "list.m3u8"

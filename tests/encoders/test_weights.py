@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 from conftest import MICRO, sample_photo
+
 from shoplens.encoders.clip import ClipEncoder, ClipSpec
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.weights import PACKAGED_CONFIGS, WeightsError, resolve_weights
@@ -120,4 +121,3 @@ def test_corrupt_checkpoint_is_an_error_not_random(tmp_path):
 def test_checkpoint_of_another_architecture_is_an_error(micro_checkpoint):
     with pytest.raises(WeightsError, match="could not load weights"):
         ClipEncoder(ClipSpec("ViT-S-32", str(micro_checkpoint), "cpu"))
-

@@ -8,8 +8,9 @@ import time
 
 import pytest
 from conftest import MICRO, write_manifest
-from shoplens.pipelines.cli import app
 from typer.testing import CliRunner
+
+from shoplens.pipelines.cli import app
 
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 
@@ -107,8 +108,11 @@ def test_exit_code_1_when_the_job_itself_fails(tmp_path):
     for data in (tmp_path / "db" / "items.lance" / "data").iterdir():
         data.unlink()
     out = tmp_path / "features.parquet"
-    for args in (["features", "export", "--db", db, "--out", str(out)], ["review", "export", "--db", db, "--out", str(tmp_path / "q")],
-                 ["search", "--db", db, "--item", "i0000001"]):
+    for args in (
+        ["features", "export", "--db", db, "--out", str(out)],
+        ["review", "export", "--db", db, "--out", str(tmp_path / "q")],
+        ["search", "--db", db, "--item", "i0000001"],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
         summary = last_json(result.stdout)
@@ -119,6 +123,9 @@ def test_exit_code_1_when_the_job_itself_fails(tmp_path):
 def test_ingest_help_shows_every_default_in_words():
     result = CliRunner().invoke(app, ["ingest", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.output.split())
-    for words in ("(default: the manifest's folder)", "(default: a running one, else a local one)",
-                  "(default: the database's own: the last one given to a job or calibrated, else the shipped one)"):
+    for words in (
+        "(default: the manifest's folder)",
+        "(default: a running one, else a local one)",
+        "(default: the database's own: the last one given to a job or calibrated, else the shipped one)",
+    ):
         assert words in text, words

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, flip_bits, sample_photo
+
 from shoplens.encoders.media import load_image
 from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
 from shoplens.safety.hashbank import HashBank
@@ -85,7 +86,9 @@ def test_a_hash_matches_at_distance_31_and_not_at_32():
 
 def test_the_nearest_entry_within_31_is_the_match():
     original, _ = hashed(sample_photo("coffee.png").read_bytes())
-    bank = HashBank(["far", "near", "too-far"], ["violence"] * 3, [flip_bits(original, 31), flip_bits(original, 12, offset=3), flip_bits(original, 32)])
+    bank = HashBank(
+        ["far", "near", "too-far"], ["violence"] * 3, [flip_bits(original, 31), flip_bits(original, 12, offset=3), flip_bits(original, 32)]
+    )
     found, distance = bank.match([original, flip_bits(original, 32, offset=5)], np.array([90, 90]), RULES)
     assert found.tolist()[0] == 1 and distance.tolist()[0] == 12
     # 32 bits from the original, and more than 31 from each entry: nothing.
@@ -96,7 +99,9 @@ def test_quality_49_never_matches_and_50_does():
     original, _ = hashed(sample_photo("coffee.png").read_bytes())
     bank = HashBank(["entry-1"], ["violence"], [original])
     qualities = np.array([49, 50, 0, 100, 51, 49])
-    found, distance = bank.match([original, original, original, original, flip_bits(original, 31), flip_bits(original, 1)], qualities, RULES)
+    found, distance = bank.match(
+        [original, original, original, original, flip_bits(original, 31), flip_bits(original, 1)], qualities, RULES
+    )
     assert found.tolist() == [-1, 0, -1, 0, 0, -1]
     assert distance.tolist() == [-1, 0, -1, 0, 31, -1]
 

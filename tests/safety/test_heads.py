@@ -3,13 +3,18 @@
 import itertools
 
 import numpy as np
+
 from shoplens.safety.heads import EmbeddingHeads, train_heads
 
 
 def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_encoder, tmp_path):
-    titles = list(itertools.product(("red", "blue", "green", "black", "white", "pink", "grey", "gold"),
-                                    ("leather", "cotton", "steel", "wooden", "plastic"),
-                                    ("shoe", "mug", "poster", "knife", "lamp", "toy", "hat", "bag")))
+    titles = list(
+        itertools.product(
+            ("red", "blue", "green", "black", "white", "pink", "grey", "gold"),
+            ("leather", "cotton", "steel", "wooden", "plastic"),
+            ("shoe", "mug", "poster", "knife", "lamp", "toy", "hat", "bag"),
+        )
+    )
     vectors = micro_encoder.encode_texts([" ".join(t) for t in titles])
     label = np.array([thing == "knife" for *_, thing in titles], int)  # reviewers: knives are weapons
     order = np.random.default_rng(0).permutation(len(titles))
@@ -26,6 +31,7 @@ def test_heads_learn_reviewers_labels_on_real_embeddings_and_round_trip(micro_en
 
 def test_heads_of_another_width_or_model_do_not_fit(micro_encoder):
     import pytest
+
     from shoplens.safety.policy import PolicyError
 
     heads = EmbeddingHeads(["weapons"], np.zeros((1, 7)), np.zeros(1), micro_encoder.provenance)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from conftest import SAMPLE_PHOTOS, sample_photo
+
 from shoplens.encoders.media import decode_image
 from shoplens.safety.pixels import ImageSafetyS, OpenNsfw
 from shoplens.safety.policy import load_policy

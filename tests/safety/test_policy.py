@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import yaml
+
 from shoplens.encoders.rows import ALLOW, BLOCK, REVIEW, UNSCORED
 from shoplens.safety.policy import DEFAULT_POLICY, PolicyError, load_policy
 
@@ -15,14 +16,17 @@ def test_the_shipped_policy_is_versioned_and_covers_the_categories():
     assert set(policy.pixel_models) == {"open_nsfw", "image_safety_s"}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["categories"]["weapons"].update(review=0.9, block=0.5), "above block threshold"),
-    (lambda d: d["pixel_models"].update(nudenet={"outputs": {"x": ["sexual"]}}), "unknown pixel model"),
-    (lambda d: d["pixel_models"]["open_nsfw"]["outputs"].update(nsfw=["gambling"]), "unknown categories"),
-    (lambda d: d["categories"].update({"Bad Name": d["categories"]["hate"]}), "lower-case identifier"),
-    (lambda d: d.update(unknown_key=1), "unknown_key"),
-    (lambda d: d.pop("version"), "version"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["categories"]["weapons"].update(review=0.9, block=0.5), "above block threshold"),
+        (lambda d: d["pixel_models"].update(nudenet={"outputs": {"x": ["sexual"]}}), "unknown pixel model"),
+        (lambda d: d["pixel_models"]["open_nsfw"]["outputs"].update(nsfw=["gambling"]), "unknown categories"),
+        (lambda d: d["categories"].update({"Bad Name": d["categories"]["hate"]}), "lower-case identifier"),
+        (lambda d: d.update(unknown_key=1), "unknown_key"),
+        (lambda d: d.pop("version"), "version"),
+    ],
+)
 def test_an_invalid_policy_is_refused_with_the_reason(tmp_path, change, message):
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
     change(document)
@@ -44,14 +48,16 @@ def test_decisions_follow_the_thresholds_and_unscored_is_never_allow():
     policy = load_policy()
     review, block = policy.review_thresholds, policy.block_thresholds
     low = review - 0.01
-    risks = np.stack([
-        low,                                   # everything under review
-        np.where(np.arange(len(low)) == 2, review, low),  # one category at its review threshold
-        np.where(np.arange(len(low)) == 0, block, low),   # one at its block threshold
-        low,                                   # low, but matched the hash bank
-        low,                                   # low, but a signal failed
-        np.full(len(low), np.nan),             # never scored
-    ]).astype(np.float32)
+    risks = np.stack(
+        [
+            low,  # everything under review
+            np.where(np.arange(len(low)) == 2, review, low),  # one category at its review threshold
+            np.where(np.arange(len(low)) == 0, block, low),  # one at its block threshold
+            low,  # low, but matched the hash bank
+            low,  # low, but a signal failed
+            np.full(len(low), np.nan),  # never scored
+        ]
+    ).astype(np.float32)
     scored = np.array([True, True, True, True, False, False])
     matched = np.array([False, False, False, True, False, False])
     assert list(policy.decide(risks, scored, matched)) == [ALLOW, REVIEW, BLOCK, BLOCK, UNSCORED, UNSCORED]
@@ -94,8 +100,11 @@ def test_a_calibration_combines_the_logits_of_its_signals_and_an_absent_signal_a
     from shoplens.safety.policy import CategoryCalibration
 
     calibration = CategoryCalibration(bias=-1.0, weights={"heads": 2.0, "open_nsfw": 0.5, "absent": 7.0})
-    signals = {"heads": np.array([0.5, 0.9, np.nan, 0.5]), "open_nsfw": np.array([0.5, 0.5, 0.9, 0.1]),
-               "unweighted": np.array([0.99, 0.99, 0.99, 0.99])}
+    signals = {
+        "heads": np.array([0.5, 0.9, np.nan, 0.5]),
+        "open_nsfw": np.array([0.5, 0.5, 0.9, 0.1]),
+        "unweighted": np.array([0.99, 0.99, 0.99, 0.99]),
+    }
     z = np.array([-1.0, -1.0 + 2.0 * np.log(9.0), -1.0 + 0.5 * np.log(9.0), -1.0 - 0.5 * np.log(9.0)])  # NaN adds nothing
     np.testing.assert_allclose(calibration.apply(signals, 4), 1.0 / (1.0 + np.exp(-z)), rtol=1e-9)
     np.testing.assert_allclose(CategoryCalibration(bias=0.3, weights={}).apply({}, 2), [1 / (1 + np.exp(-0.3))] * 2, rtol=1e-9)
@@ -122,6 +131,7 @@ def test_the_heads_file_is_relative_to_the_policy_file():
     from shoplens.safety.policy import Policy
 
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
+
     def policy(**fields) -> Policy:
         return Policy(**{**document, "heads": None, **fields})
 

@@ -1,6 +1,7 @@
 """Zero-shot prompt banks: the math by hand, and real (random-weight) text embeddings."""
 
 import numpy as np
+
 from shoplens.safety.policy import load_policy
 from shoplens.safety.prompts import PromptBank
 
@@ -9,13 +10,15 @@ MODEL = "open_clip/shoplens-micro/random-seed0"
 
 def tiny_policy():
     policy = load_policy()
-    return policy.model_copy(update={
-        "prompt_bank": policy.prompt_bank.model_copy(update={"benign": ["b1", "b2"], "logit_scale": 10.0}),
-        "categories": {
-            "weapons": policy.categories["weapons"].model_copy(update={"prompts": ["w1", "w2"]}),
-            "drugs": policy.categories["drugs"].model_copy(update={"prompts": ["d1"]}),
-        },
-    })
+    return policy.model_copy(
+        update={
+            "prompt_bank": policy.prompt_bank.model_copy(update={"benign": ["b1", "b2"], "logit_scale": 10.0}),
+            "categories": {
+                "weapons": policy.categories["weapons"].model_copy(update={"prompts": ["w1", "w2"]}),
+                "drugs": policy.categories["drugs"].model_copy(update={"prompts": ["d1"]}),
+            },
+        }
+    )
 
 
 def test_prompt_bank_math_equals_a_hand_computation():

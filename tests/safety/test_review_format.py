@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from shoplens.safety.review_format import (
     FROM_NAME,
     ReviewFormatError,
@@ -13,25 +14,41 @@ CATEGORIES = ["sexual", "violence"]
 
 
 def export(annotation: dict) -> str:
-    return json.dumps([
-        {"data": {"item_id": "fine"}, "annotations": [{"updated_at": "2026-01-01T00:00:00Z",
-                                                       "result": [{"from_name": FROM_NAME, "type": "choices", "value": {"choices": ["none"]}}]}]},
-        {"data": {"item_id": "odd"}, "annotations": [annotation]},
-    ])
+    return json.dumps(
+        [
+            {
+                "data": {"item_id": "fine"},
+                "annotations": [
+                    {
+                        "updated_at": "2026-01-01T00:00:00Z",
+                        "result": [{"from_name": FROM_NAME, "type": "choices", "value": {"choices": ["none"]}}],
+                    }
+                ],
+            },
+            {"data": {"item_id": "odd"}, "annotations": [annotation]},
+        ]
+    )
 
 
 def region(value) -> dict:
     return {"from_name": FROM_NAME, "type": "choices", "value": value}
 
 
-@pytest.mark.parametrize(("annotation", "reason"), [
-    ({"result": ["violence"]}, "a result region is str, not an object"),
-    ({"result": [region(["violence"])]}, "a choices region's value is list, not an object"),
-    ({"result": [region({"choices": [{"value": "violence"}]})]}, "a choice is {'value': 'violence'}, not a category name"),
-    ({"result": [region({"choices": "violence"})]}, "value.choices is str, not a list"),
-    ({"updated_at": 1767225600, "result": [region({"choices": ["violence"]})]}, "updated_at/created_at 1767225600 is not an ISO 8601 time"),
-    ({"result": {"choices": ["violence"]}}, "result is dict, not a list"),
-], ids=["string-region", "list-value", "dict-choice", "string-choices", "integer-updated-at", "dict-result"])
+@pytest.mark.parametrize(
+    ("annotation", "reason"),
+    [
+        ({"result": ["violence"]}, "a result region is str, not an object"),
+        ({"result": [region(["violence"])]}, "a choices region's value is list, not an object"),
+        ({"result": [region({"choices": [{"value": "violence"}]})]}, "a choice is {'value': 'violence'}, not a category name"),
+        ({"result": [region({"choices": "violence"})]}, "value.choices is str, not a list"),
+        (
+            {"updated_at": 1767225600, "result": [region({"choices": ["violence"]})]},
+            "updated_at/created_at 1767225600 is not an ISO 8601 time",
+        ),
+        ({"result": {"choices": ["violence"]}}, "result is dict, not a list"),
+    ],
+    ids=["string-region", "list-value", "dict-choice", "string-choices", "integer-updated-at", "dict-result"],
+)
 def test_an_export_of_an_unexpected_shape_is_refused_naming_the_task(annotation, reason):
     with pytest.raises(ReviewFormatError) as refused:
         labels_from_label_studio(export(annotation), CATEGORIES)
@@ -48,7 +65,11 @@ def test_annotations_that_are_not_a_list_of_objects_are_refused(annotations):
 def test_a_well_formed_export_still_reads():
     labels = labels_from_label_studio(export({"result": [region({"choices": ["violence"]})]}), CATEGORIES)
     assert {(label.item_id, label.category, label.violating) for label in labels} == {
-        ("fine", "sexual", False), ("fine", "violence", False), ("odd", "sexual", False), ("odd", "violence", True)}
+        ("fine", "sexual", False),
+        ("fine", "violence", False),
+        ("odd", "sexual", False),
+        ("odd", "violence", True),
+    }
 
 
 def annotated(*annotations) -> str:
@@ -65,11 +86,14 @@ def test_the_latest_annotation_is_found_across_time_zones():
     assert not any(label.violating for label in labels_from_label_studio(text, CATEGORIES))
 
 
-@pytest.mark.parametrize(("annotation", "reason"), [
-    (chose("sexual", was_cancelled="false"), "was_cancelled is 'false', not true or false"),
-    (chose("sexual", updated_at="yesterday"), "updated_at/created_at 'yesterday' is not an ISO 8601 time"),
-    (chose("sexual", completed_by={"email": {"x": 1}}), "completed_by {'x': 1} is not a user id or email"),
-])
+@pytest.mark.parametrize(
+    ("annotation", "reason"),
+    [
+        (chose("sexual", was_cancelled="false"), "was_cancelled is 'false', not true or false"),
+        (chose("sexual", updated_at="yesterday"), "updated_at/created_at 'yesterday' is not an ISO 8601 time"),
+        (chose("sexual", completed_by={"email": {"x": 1}}), "completed_by {'x': 1} is not a user id or email"),
+    ],
+)
 def test_annotation_fields_of_the_wrong_kind_are_refused(annotation, reason):
     with pytest.raises(ReviewFormatError) as refused:
         labels_from_label_studio(annotated(annotation), CATEGORIES)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import flip_bits, sample_photo
+
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.rows import BLOCK, ERROR, OK, REVIEW, UNSCORED
 from shoplens.safety.hashbank import HashBank
@@ -27,9 +28,14 @@ def decoded(micro_encoder):
     """Three real photos decoded and fingerprinted by the decode stage, embedded by the micro model."""
     n = len(PHOTOS)
     batch = {
-        "item_id": objects(PHOTOS), "kind": objects(["product"] * n), "title": objects(["mug", None, "cat print"]),
-        "media_uri": objects([str(sample_photo(p)) for p in PHOTOS]), "status": objects([OK] * n),
-        "error": objects([None] * n), "known_sha256": objects([None] * n), "frames": objects([None] * n),
+        "item_id": objects(PHOTOS),
+        "kind": objects(["product"] * n),
+        "title": objects(["mug", None, "cat print"]),
+        "media_uri": objects([str(sample_photo(p)) for p in PHOTOS]),
+        "status": objects([OK] * n),
+        "error": objects([None] * n),
+        "known_sha256": objects([None] * n),
+        "frames": objects([None] * n),
     }
     batch = MediaDecoder(micro_encoder.image_size, fingerprint=True)(batch)
     batch["frame_vectors"] = objects([micro_encoder.encode_images(p) for p in batch["pixels"]])
@@ -71,8 +77,9 @@ def test_a_bank_match_blocks_its_item_only_and_names_the_entry(decoded, micro_en
     (too far): only the first is blocked, and the others decide as without a bank."""
     policy = load_policy()
     unbanked = SafetyScorer(policy, micro_encoder.encode_texts, micro_encoder.provenance, num_threads=1)(decoded)
-    bank = HashBank(["known-1", "known-2"], ["weapons", "sexual"],
-                    [flip_bits(decoded["pdq"][0][0], 20), flip_bits(decoded["pdq"][1][0], 32)])
+    bank = HashBank(
+        ["known-1", "known-2"], ["weapons", "sexual"], [flip_bits(decoded["pdq"][0][0], 20), flip_bits(decoded["pdq"][1][0], 32)]
+    )
     out = SafetyScorer(policy, micro_encoder.encode_texts, micro_encoder.provenance, bank, num_threads=1)(decoded)
     assert out["decision"][0] == BLOCK and out["hash_match"][0] == "known-1" and out["risk_weapons"][0] == 1.0
     assert list(out["frame_hash_match"][0]) == ["known-1"] and out["frame_risks"][0][0, policy.names.index("weapons")] == 1.0
@@ -134,17 +141,28 @@ def test_frames_aggregate_into_their_video(tmp_path):
     heads = EmbeddingHeads(["weapons"], np.array([[logit(0.2), logit(0.9), logit(0.5), 0.0]]), np.zeros(1), "hand-made")
     heads.save(tmp_path / "heads.npz")
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(yaml.safe_dump({
-        "version": "agg-1", "heads": "heads.npz", "aggregation": {"top_k": 2},
-        "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a product"]},
-        "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]}},
-    }))
+    policy_file.write_text(
+        yaml.safe_dump(
+            {
+                "version": "agg-1",
+                "heads": "heads.npz",
+                "aggregation": {"top_k": 2},
+                "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a product"]},
+                "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]}},
+            }
+        )
+    )
     scorer = SafetyScorer(load_policy(policy_file), lambda texts: np.eye(dim)[: len(texts)], "hand-made")
     batch = {
-        "status": objects([OK]), "kind": objects(["video"]), "title": objects([None]),
-        "frame_vectors": objects([np.eye(dim, dtype=np.float32)[:3]]), "text_vector": np.zeros((1, dim), np.float32),
-        "pixels": objects([np.zeros((3, 8, 8, 3), np.uint8)]), "pdq": objects([objects([None] * 3)]),
-        "pdq_quality": objects([np.full(3, -1)]), "timestamp_s": objects([np.array([0.5, 2.5, 4.5], np.float32)]),
+        "status": objects([OK]),
+        "kind": objects(["video"]),
+        "title": objects([None]),
+        "frame_vectors": objects([np.eye(dim, dtype=np.float32)[:3]]),
+        "text_vector": np.zeros((1, dim), np.float32),
+        "pixels": objects([np.zeros((3, 8, 8, 3), np.uint8)]),
+        "pdq": objects([objects([None] * 3)]),
+        "pdq_quality": objects([np.full(3, -1)]),
+        "timestamp_s": objects([np.array([0.5, 2.5, 4.5], np.float32)]),
     }
     out = scorer(batch)
     np.testing.assert_allclose(out["frame_risks"][0][:, 0], [0.2, 0.9, 0.5], rtol=1e-5)
@@ -162,21 +180,31 @@ def test_each_item_aggregates_its_own_frames_only(tmp_path):
     heads = EmbeddingHeads(["weapons"], np.array([[logit(0.2), logit(0.9), logit(0.5), logit(0.1)]]), np.zeros(1), "hand-made")
     heads.save(tmp_path / "heads.npz")
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(yaml.safe_dump({
-        "version": "agg-2", "heads": "heads.npz", "aggregation": {"top_k": 2},
-        "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a product"]},
-        "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]}},
-    }))
+    policy_file.write_text(
+        yaml.safe_dump(
+            {
+                "version": "agg-2",
+                "heads": "heads.npz",
+                "aggregation": {"top_k": 2},
+                "prompt_bank": {"logit_scale": 100.0, "fields": [], "benign": ["a product"]},
+                "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]}},
+            }
+        )
+    )
     scorer = SafetyScorer(load_policy(policy_file), lambda texts: np.eye(dim)[: len(texts)], "hand-made")
     e = np.eye(dim, dtype=np.float32)
     frames = [e[[1, 0]], np.zeros((0, dim), np.float32), e[[3]], e[[2, 3, 0]]]
     times = [[1.0, 2.0], [], [0.0], [0.5, 1.5, 2.5]]
     n = len(frames)
     batch = {
-        "status": objects([OK, ERROR, OK, OK]), "kind": objects(["video", "product", "product", "live"]), "title": objects([None] * n),
-        "frame_vectors": objects(frames), "text_vector": np.zeros((n, dim), np.float32),
+        "status": objects([OK, ERROR, OK, OK]),
+        "kind": objects(["video", "product", "product", "live"]),
+        "title": objects([None] * n),
+        "frame_vectors": objects(frames),
+        "text_vector": np.zeros((n, dim), np.float32),
         "pixels": objects([np.zeros((len(f), 8, 8, 3), np.uint8) for f in frames]),
-        "pdq": objects([objects([None] * len(f)) for f in frames]), "pdq_quality": objects([np.full(len(f), -1) for f in frames]),
+        "pdq": objects([objects([None] * len(f)) for f in frames]),
+        "pdq_quality": objects([np.full(len(f), -1) for f in frames]),
         "timestamp_s": objects([np.array(t, np.float32) for t in times]),
     }
     out = scorer(batch)
@@ -205,12 +233,20 @@ def test_a_bank_match_blocks_even_when_a_signal_failed(decoded, micro_encoder):
 def hand_made_policy(tmp_path, fields, **extra):
     """Two categories, one prompt each, over 3-d hand-made embeddings; `extra` adds to the file."""
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(yaml.safe_dump({
-        "version": "hand-made", "prompt_bank": {"logit_scale": 100.0, "fields": fields, "benign": ["a product"]},
-        "categories": {"weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]},
-                       "sexual": {"review": 0.4, "block": 0.95, "prompts": ["nudity"]}},
-        **extra,
-    }, sort_keys=False))
+    policy_file.write_text(
+        yaml.safe_dump(
+            {
+                "version": "hand-made",
+                "prompt_bank": {"logit_scale": 100.0, "fields": fields, "benign": ["a product"]},
+                "categories": {
+                    "weapons": {"review": 0.4, "block": 0.95, "prompts": ["a gun"]},
+                    "sexual": {"review": 0.4, "block": 0.95, "prompts": ["nudity"]},
+                },
+                **extra,
+            },
+            sort_keys=False,
+        )
+    )
     return load_policy(policy_file)
 
 
@@ -219,10 +255,15 @@ def stored_batch(frame_scores: list, frame: int) -> dict:
     an earlier run kept (`frame_scores`: a JSON text or None per item)."""
     n, e = len(frame_scores), np.eye(3, dtype=np.float32)
     return {
-        "status": objects([OK] * n), "kind": objects(["product"] * n), "title": objects(["a title"] * n),
-        "frame_vectors": objects([e[[frame]]] * n), "text_vector": np.tile(e[0], (n, 1)),
-        "pdq": objects([objects([None])] * n), "pdq_quality": objects([np.full(1, -1)] * n),
-        "timestamp_s": objects([np.zeros(1, np.float32)] * n), "frame_signal_scores": objects([objects([s]) for s in frame_scores]),
+        "status": objects([OK] * n),
+        "kind": objects(["product"] * n),
+        "title": objects(["a title"] * n),
+        "frame_vectors": objects([e[[frame]]] * n),
+        "text_vector": np.tile(e[0], (n, 1)),
+        "pdq": objects([objects([None])] * n),
+        "pdq_quality": objects([np.full(1, -1)] * n),
+        "timestamp_s": objects([np.zeros(1, np.float32)] * n),
+        "frame_signal_scores": objects([objects([s]) for s in frame_scores]),
     }
 
 
@@ -233,8 +274,9 @@ def test_each_signal_is_named_in_the_scores_kept_and_a_model_output_may_feed_not
     lack the pixel model (kept as nothing at all) is unscored, saying so."""
     dim = 3
     EmbeddingHeads(["weapons"], np.zeros((1, dim)), np.full(1, -12.0), "hand-made").save(tmp_path / "heads.npz")
-    policy = hand_made_policy(tmp_path, ["image", "title"], heads="heads.npz",
-                              pixel_models={"image_safety_s": {"outputs": {"nsfw": ["sexual"]}}})
+    policy = hand_made_policy(
+        tmp_path, ["image", "title"], heads="heads.npz", pixel_models={"image_safety_s": {"outputs": {"nsfw": ["sexual"]}}}
+    )
     scorer = SafetyScorer(policy, lambda texts: np.eye(dim)[: len(texts)], "hand-made", stored_pixel_scores=True)
     kept = json.dumps({"image_safety_s": {"nsfl": 0.97, "nsfw": 0.5}})
     out = scorer(stored_batch([kept, None], frame=0))  # e0: what the benign prompt embeds as
@@ -245,8 +287,9 @@ def test_each_signal_is_named_in_the_scores_kept_and_a_model_output_may_feed_not
     # `nsfl` 0.97 feeds nothing: `sexual` is nsfw's 0.5 (the prompt banks and heads give about 0).
     assert out["risk_sexual"][0] == pytest.approx(0.5) and out["risk_weapons"][0] < 1e-4 and out["decision"][0] == REVIEW
     assert out["decision"][1] == UNSCORED
-    assert out["safety_error"][1] == ("safety signal image_safety_s failed: pixel model image_safety_s did not run when this "
-                                      "item was ingested: re-ingest it to score it")
+    assert out["safety_error"][1] == (
+        "safety signal image_safety_s failed: pixel model image_safety_s did not run when this item was ingested: re-ingest it to score it"
+    )
 
 
 def test_each_model_scores_with_its_own_prompt_embeddings_and_foreign_heads_are_refused(tmp_path):

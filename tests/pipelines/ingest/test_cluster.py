@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import lancedb
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo, write_manifest
+
 from shoplens.pipelines.search.searcher import Searcher, SearchFilters
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import ITEMS
@@ -58,16 +59,35 @@ def two_node_cluster(s3_server):
     env = {**os.environ, **s3_server, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     address, dashboard_port = f"127.0.0.1:{free_port()}", free_port()
     common = ["--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", *agent_ports(), *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={address.split(':')[1]}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            *agent_ports(),
+            *common,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     nodes = [head]
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and alive_nodes(address, env) < 1:
             time.sleep(1)
-        nodes.append(subprocess.Popen([RAY, "start", f"--address={address}", *agent_ports(), *common],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address={address}", *agent_ports(), *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         while time.monotonic() < deadline and alive_nodes(address, env) < 2:
             time.sleep(1)
         assert alive_nodes(address, env) == 2, "the two-node cluster did not come up"
@@ -90,8 +110,23 @@ def test_ingest_joins_a_two_node_cluster(two_node_cluster, tmp_path):
         (tmp_path / name).write_bytes(sample_photo(name).read_bytes())
         rows.append({"item_id": f"p{n}", "kind": "product", "title": f"item {n}", "image": name})
     manifest = write_manifest(tmp_path / "catalog.csv", rows)
-    command = [sys.executable, "-c", "from shoplens.pipelines.cli import main; main()", "ingest", str(manifest), "--db", str(tmp_path / "db"),
-               "--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu", "--ray-address", address]
+    command = [
+        sys.executable,
+        "-c",
+        "from shoplens.pipelines.cli import main; main()",
+        "ingest",
+        str(manifest),
+        "--db",
+        str(tmp_path / "db"),
+        "--model",
+        MICRO.model,
+        "--pretrained",
+        MICRO.pretrained,
+        "--device",
+        "cpu",
+        "--ray-address",
+        address,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -110,8 +145,13 @@ def submit(cluster: Cluster, *args: str) -> dict:
     shoplens = os.path.join(os.path.dirname(sys.executable), "shoplens")
     deadline = time.monotonic() + 60
     while True:
-        result = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--", shoplens, "ingest", *args],
-                                capture_output=True, text=True, env=cluster.env, timeout=240)
+        result = subprocess.run(
+            [RAY, "job", "submit", "--address", cluster.dashboard, "--", shoplens, "ingest", *args],
+            capture_output=True,
+            text=True,
+            env=cluster.env,
+            timeout=240,
+        )
         # The head's job agent starts a little after the node itself; until then nothing is submitted.
         if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
             break
@@ -126,8 +166,17 @@ def test_ray_job_submit_ingests_a_catalog_on_s3_into_a_database_on_s3(two_node_c
         s3.put_object(Bucket="shop", Key=f"job/media/{name}", Body=sample_photo(name).read_bytes())
         lines.append(f"p{n},product,item {n},media/{name}")
     s3.put_object(Bucket="shop", Key="job/catalog.csv", Body="\n".join(lines).encode())
-    args = ("s3://shop/job/catalog.csv", "--db", "s3://shop/job/db", "--model", MICRO.model,
-            "--pretrained", MICRO.pretrained, "--device", "cpu")
+    args = (
+        "s3://shop/job/catalog.csv",
+        "--db",
+        "s3://shop/job/db",
+        "--model",
+        MICRO.model,
+        "--pretrained",
+        MICRO.pretrained,
+        "--device",
+        "cpu",
+    )
 
     first = submit(two_node_cluster, *args)
     assert (first["ok"], first["failed"], first["written"]) == (len(SAMPLE_PHOTOS), 0, len(SAMPLE_PHOTOS))

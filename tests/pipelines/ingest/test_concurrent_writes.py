@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import MICRO, sample_photo, write_manifest
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS, frames_schema
 from shoplens.safety.policy import load_policy
-
-from benchmarks.synthetic import embedding_like, synthetic_items
 
 DIM = 16
 ROWS = 300
@@ -30,8 +30,11 @@ def items(tag: int) -> pa.Table:
 def frames(tag: int) -> pa.Table:
     ids = [f"i{k:07d}" for k in range(ROWS // 10)]
     schema = frames_schema(DIM, load_policy().names)
-    columns = {"item_id": [i for i in ids for _ in range(3)], "frame_index": [f for _ in ids for f in range(3)],
-               "vector": pa.FixedSizeListArray.from_arrays(pa.array(embedding_like(len(ids) * 3, DIM, seed=tag).ravel()), DIM)}
+    columns = {
+        "item_id": [i for i in ids for _ in range(3)],
+        "frame_index": [f for _ in ids for f in range(3)],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(embedding_like(len(ids) * 3, DIM, seed=tag).ravel()), DIM),
+    }
     return pa.table({f.name: columns.get(f.name, pa.nulls(len(ids) * 3, f.type)) for f in schema}, schema=schema)
 
 
@@ -78,13 +81,16 @@ def test_two_ingests_of_shared_items_at_once_leave_one_row_per_item(tmp_path):
         shutil.copyfile(sample_photo(name), tmp_path / name)
     photos = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"]
     shared = [{"item_id": f"shared-{k}", "kind": "product", "image": photos[k % 4]} for k in range(12)]
-    manifests = [write_manifest(tmp_path / f"m{n}.csv", shared + [{"item_id": f"own-{n}", "kind": "product", "image": photos[n]}])
-                 for n in (1, 2)]
+    manifests = [
+        write_manifest(tmp_path / f"m{n}.csv", shared + [{"item_id": f"own-{n}", "kind": "product", "image": photos[n]}]) for n in (1, 2)
+    ]
     shoplens = os.path.join(os.path.dirname(sys.executable), "shoplens")
     flags = ["--db", str(tmp_path / "db"), "--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    jobs = [subprocess.Popen([shoplens, "ingest", str(m), *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-            for m in manifests]
+    jobs = [
+        subprocess.Popen([shoplens, "ingest", str(m), *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        for m in manifests
+    ]
     outputs = [job.communicate(timeout=300)[0] for job in jobs]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     assert [job.returncode for job in jobs] == [0, 0], summaries
@@ -98,8 +104,11 @@ def test_duplicate_rows_an_earlier_version_left_are_healed_keeping_the_newest(tm
 
     rows = items(1)
     older = pa.schema([f.remove_metadata() for f in rows.schema])
-    stale = rows.slice(0, 10).set_column(rows.schema.get_field_index("updated_at"), "updated_at",
-                                         pa.array([dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)] * 10, pa.timestamp("us", tz="UTC")))
+    stale = rows.slice(0, 10).set_column(
+        rows.schema.get_field_index("updated_at"),
+        "updated_at",
+        pa.array([dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)] * 10, pa.timestamp("us", tz="UTC")),
+    )
     stale = stale.set_column(stale.schema.get_field_index("title"), "title", pa.array(["stale"] * 10))
     table = lancedb.connect(tmp_db).create_table(ITEMS, schema=older)
     table.add(rows.cast(older))

@@ -14,6 +14,7 @@ from conftest import (
     ray_job,
     write_manifest,
 )
+
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.phash import hamming, hash_bytes
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
@@ -31,8 +32,9 @@ BAD_ERRORS = {
 
 
 def config(manifest, db, **overrides) -> IngestConfig:
-    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu",
-                        policy=PIXEL_POLICY, **overrides)
+    return IngestConfig(
+        manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY, **overrides
+    )
 
 
 def rows_by_id(db) -> dict[str, dict]:
@@ -53,8 +55,16 @@ def catalog(tmp_path_factory):
     rows = []
     for n, name in enumerate(SAMPLE_PHOTOS):
         shutil.copyfile(__import__("conftest").sample_photo(name), media / name)
-        rows.append({"item_id": f"good-{n}", "kind": "product", "title": f"product {name}" if n % 2 == 0 else "",
-                     "image": f"media/{name}", "category": "posters", "seller_id": f"s{n}"})
+        rows.append(
+            {
+                "item_id": f"good-{n}",
+                "kind": "product",
+                "title": f"product {name}" if n % 2 == 0 else "",
+                "image": f"media/{name}",
+                "category": "posters",
+                "seller_id": f"s{n}",
+            }
+        )
     for name, data in bad_media().items():
         (media / name).write_bytes(data)
         rows.append({"item_id": f"bad-{name}", "kind": "product", "title": "bad", "image": f"media/{name}"})
@@ -89,7 +99,7 @@ def test_one_row_per_manifest_item(ingested):
 @ray_job
 def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
     rows = rows_by_id(ingested[0])
-    for n, name in enumerate(SAMPLE_PHOTOS):
+    for n in range(len(SAMPLE_PHOTOS)):
         row = rows[f"good-{n}"]
         assert row["status"] == "ok" and row["error"] is None
         vector = np.array(row["vector"], np.float32)
@@ -106,9 +116,9 @@ def test_good_rows_land_with_unit_finite_vectors(ingested, micro_encoder):
 def test_pipeline_vectors_equal_the_encoders(ingested, micro_encoder, catalog):
     rows = rows_by_id(ingested[0])
     for n, name in enumerate(SAMPLE_PHOTOS):
-        direct = micro_encoder.encode_images(
-            decode_image((catalog.parent / "media" / name).read_bytes(), micro_encoder.image_size)[None]
-        )[0]
+        direct = micro_encoder.encode_images(decode_image((catalog.parent / "media" / name).read_bytes(), micro_encoder.image_size)[None])[
+            0
+        ]
         np.testing.assert_allclose(np.array(rows[f"good-{n}"]["vector"]), direct, atol=1e-5)
     titled = rows["good-0"]
     np.testing.assert_allclose(np.array(titled["text_vector"]), micro_encoder.encode_texts([titled["title"]])[0], atol=1e-5)
@@ -184,15 +194,31 @@ def test_a_changed_category_or_seller_is_not_skipped(tmp_path, media_dir):
     from shoplens.pipelines.store.database import ItemStore
     from shoplens.safety.policy import load_policy
 
-    stored_fields = {"p0": ("kitchen", "s1"), "p1": ("kitchen", "s1"), "p2": ("kitchen", "s1"), "p3": ("kitchen", "s1"),
-                     "p4": (None, "s1"), "p5": ("kitchen", None), "p6": ("kitchen", None)}
-    now = {"p0": ("kitchen", "s1"), "p1": ("toys", "s1"), "p2": ("kitchen", "s2"), "p3": (None, "s1"),
-           "p4": ("kitchen", "s1"), "p5": ("kitchen", None), "p6": ("kitchen", "s6")}
+    stored_fields = {
+        "p0": ("kitchen", "s1"),
+        "p1": ("kitchen", "s1"),
+        "p2": ("kitchen", "s1"),
+        "p3": ("kitchen", "s1"),
+        "p4": (None, "s1"),
+        "p5": ("kitchen", None),
+        "p6": ("kitchen", None),
+    }
+    now = {
+        "p0": ("kitchen", "s1"),
+        "p1": ("toys", "s1"),
+        "p2": ("kitchen", "s2"),
+        "p3": (None, "s1"),
+        "p4": ("kitchen", "s1"),
+        "p5": ("kitchen", None),
+        "p6": ("kitchen", "s6"),
+    }
     images = {item_id: SAMPLE_PHOTOS[n % len(SAMPLE_PHOTOS)] for n, item_id in enumerate(stored_fields)}
 
     def manifest(fields: dict, name: str):
-        rows = [{"item_id": i, "kind": "product", "title": "mug", "image": images[i], "category": c, "seller_id": s}
-                for i, (c, s) in fields.items()]
+        rows = [
+            {"item_id": i, "kind": "product", "title": "mug", "image": images[i], "category": c, "seller_id": s}
+            for i, (c, s) in fields.items()
+        ]
         return read_manifest(write_manifest(tmp_path / name, rows), media_dir).rows
 
     store = ItemStore(str(tmp_path / "db"))
@@ -201,15 +227,25 @@ def test_a_changed_category_or_seller_is_not_skipped(tmp_path, media_dir):
     batch = {name: np.array(first[name].to_pylist(), dtype=object) for name in first.column_names}
     sha = {i: hashlib.sha256(Path(uri).read_bytes()).hexdigest() for i, uri in zip(batch["item_id"], batch["media_uri"])}
     n = len(batch["item_id"])
-    batch |= {"media_sha256": np.array([sha[i] for i in batch["item_id"]], dtype=object), "note": np.full(n, None, dtype=object),
-              "vector": np.full((n, 64), 0.125, np.float32), "text_vector": np.full((n, 64), 0.125, np.float32),
-              "model": np.full(n, "m", dtype=object)}
+    batch |= {
+        "media_sha256": np.array([sha[i] for i in batch["item_id"]], dtype=object),
+        "note": np.full(n, None, dtype=object),
+        "vector": np.full((n, 64), 0.125, np.float32),
+        "text_vector": np.full((n, 64), 0.125, np.float32),
+        "model": np.full(n, "m", dtype=object),
+    }
     store.upsert(table, item_rows(batch, table.schema))
     assert {r["item_id"]: (r["category"], r["seller_id"]) for r in table.to_arrow().to_pylist()} == stored_fields
 
     known = {r["item_id"]: r for r in store.mark_unchanged(table, manifest(now, "now.csv"), "m").to_pylist()}
     assert {i: r["known_sha256"] for i, r in known.items()} == {
-        "p0": sha["p0"], "p1": None, "p2": None, "p3": None, "p4": None, "p5": sha["p5"], "p6": None,
+        "p0": sha["p0"],
+        "p1": None,
+        "p2": None,
+        "p3": None,
+        "p4": None,
+        "p5": sha["p5"],
+        "p6": None,
     }
     assert {i: r["known_status"] for i, r in known.items()} == {i: "ok" if i in ("p0", "p5") else None for i in now}
     # The same fields again: every item is unchanged.
@@ -232,8 +268,12 @@ def test_a_changed_kind_or_an_unknown_stored_model_is_not_skipped(tmp_path, medi
     clip.write_bytes(photo_bytes())
 
     def manifest(kinds: dict, name: str):
-        rows = [{"item_id": i, "kind": k, "video": "clip.mp4", "frames": "uniform:4"} if k != "product" else
-                {"item_id": i, "kind": k, "image": "coffee.png"} for i, k in kinds.items()]
+        rows = [
+            {"item_id": i, "kind": k, "video": "clip.mp4", "frames": "uniform:4"}
+            if k != "product"
+            else {"item_id": i, "kind": k, "image": "coffee.png"}
+            for i, k in kinds.items()
+        ]
         return read_manifest(write_manifest(tmp_path / name, rows), media_dir).rows
 
     stored = {"same-video": "video", "now-live": "video", "no-model": "product", "same-product": "product"}
@@ -241,15 +281,24 @@ def test_a_changed_kind_or_an_unknown_stored_model_is_not_skipped(tmp_path, medi
     batch = {name: np.array(first[name].to_pylist(), dtype=object) for name in first.column_names}
     n = len(batch["item_id"])
     sha = [hashlib.sha256(Path(uri).read_bytes()).hexdigest() for uri in batch["media_uri"]]
-    batch |= {"media_sha256": np.array(sha, dtype=object), "note": np.full(n, None, dtype=object),
-              "vector": np.full((n, 64), 0.125, np.float32), "text_vector": np.full((n, 64), 0.125, np.float32),
-              "model": np.array(["m" if i != "no-model" else None for i in batch["item_id"]], dtype=object)}
+    batch |= {
+        "media_sha256": np.array(sha, dtype=object),
+        "note": np.full(n, None, dtype=object),
+        "vector": np.full((n, 64), 0.125, np.float32),
+        "text_vector": np.full((n, 64), 0.125, np.float32),
+        "model": np.array(["m" if i != "no-model" else None for i in batch["item_id"]], dtype=object),
+    }
     store = ItemStore(str(tmp_path / "db"))
     table = store.items(64, load_policy().names)
     store.upsert(table, item_rows(batch, table.schema))
 
     known = {r["item_id"]: r for r in store.mark_unchanged(table, manifest({**stored, "now-live": "live"}, "now.csv"), "m").to_pylist()}
-    assert {i: r["known_status"] for i, r in known.items()} == {"same-video": "ok", "now-live": None, "no-model": None, "same-product": "ok"}
+    assert {i: r["known_status"] for i, r in known.items()} == {
+        "same-video": "ok",
+        "now-live": None,
+        "no-model": None,
+        "same-product": "ok",
+    }
     assert known["now-live"]["known_sha256"] is None and known["no-model"]["known_sha256"] is None
     assert known["same-video"]["known_sha256"] == sha[0]
 
@@ -260,15 +309,19 @@ def test_a_re_run_rewrites_the_items_whose_category_or_seller_changed(tmp_path, 
     from conftest import ingest_in_process
 
     def run(fields: dict) -> dict[str, dict]:
-        rows = [{"item_id": i, "kind": "product", "title": "mug", "image": image, "category": c, "seller_id": s}
-                for i, (image, c, s) in fields.items()]
+        rows = [
+            {"item_id": i, "kind": "product", "title": "mug", "image": image, "category": c, "seller_id": s}
+            for i, (image, c, s) in fields.items()
+        ]
         ingest_in_process(write_manifest(tmp_path / "catalog.csv", rows), str(tmp_path / "db"), PIXEL_POLICY, media_dir)
         return rows_by_id(str(tmp_path / "db"))
 
-    before = run({"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "kitchen", "s1"),
-                  "sold-on": ("rocket.jpg", "toys", "s1")})
-    after = run({"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "posters", "s1"),
-                 "sold-on": ("rocket.jpg", "toys", "s2")})
+    before = run(
+        {"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "kitchen", "s1"), "sold-on": ("rocket.jpg", "toys", "s1")}
+    )
+    after = run(
+        {"same": ("coffee.png", "kitchen", "s1"), "moved": ("chelsea.png", "posters", "s1"), "sold-on": ("rocket.jpg", "toys", "s2")}
+    )
     assert after["same"] == before["same"]
     assert (after["moved"]["category"], after["sold-on"]["seller_id"]) == ("posters", "s2")
     for item_id in ("moved", "sold-on"):

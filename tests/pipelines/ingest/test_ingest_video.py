@@ -13,6 +13,7 @@ from conftest import (
     shots_video,
     write_video,
 )
+
 from shoplens.encoders.video import FrameSampling, sample_frames
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS
@@ -21,8 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def config(manifest, db, **overrides) -> IngestConfig:
-    return IngestConfig(manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu",
-                        policy=PIXEL_POLICY, **overrides)
+    return IngestConfig(
+        manifest=manifest, db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY, **overrides
+    )
 
 
 def tables(db):

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 from conftest import photo_bytes, write_manifest
+
 from shoplens.pipelines.ingest.manifest import ManifestError, read_manifest
 
 ROWS = [
@@ -138,16 +139,29 @@ def test_file_uris_are_held_to_the_media_root(tmp_path, media_dir):
         assert (got[item_id]["status"], got[item_id]["media_uri"]) == ("ok", str(path)), got[item_id]
 
 
-@pytest.mark.parametrize("root, prefix", [
-    ("s3://shop", ""), ("s3://shop/", ""), ("s3://shop/cat", "/cat"), ("gs://shop/cat//", "/cat"), ("s3://shop/BOX/", "/BOX"),
-])
+@pytest.mark.parametrize(
+    "root, prefix",
+    [
+        ("s3://shop", ""),
+        ("s3://shop/", ""),
+        ("s3://shop/cat", "/cat"),
+        ("gs://shop/cat//", "/cat"),
+        ("s3://shop/BOX/", "/BOX"),
+    ],
+)
 def test_a_remote_media_root_takes_only_relative_paths_inside_it(tmp_path, root, prefix):
     """A local manifest with an `s3://` / `gs://` media root: relative paths become keys under
     the root's prefix (its trailing slashes dropped); a path with a scheme, an absolute path (even
     under a whole bucket) or one that climbs out of the prefix is refused."""
     images = {
-        "relative": "img/a.jpg", "dotted": "./img/../img/a.jpg", "absolute": "/img/a.jpg", "climbs": "../a.jpg",
-        "https": "https://example.com/img/a.jpg", "file": "file:///img/a.jpg", "query": "img/a.jpg?v=2", "fragment": "img/a.jpg#x",
+        "relative": "img/a.jpg",
+        "dotted": "./img/../img/a.jpg",
+        "absolute": "/img/a.jpg",
+        "climbs": "../a.jpg",
+        "https": "https://example.com/img/a.jpg",
+        "file": "file:///img/a.jpg",
+        "query": "img/a.jpg?v=2",
+        "fragment": "img/a.jpg#x",
     }
     rows = [{"item_id": k, "kind": "product", "image": v} for k, v in images.items()]
     got = {r["item_id"]: r for r in read_manifest(write_manifest(tmp_path / "m.csv", rows), root).rows.to_pylist()}

@@ -6,13 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import MICRO, photo_bytes
+from typer.testing import CliRunner
+
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.manifest import read_manifest
 from shoplens.pipelines.ingest.writer import item_rows
 from shoplens.pipelines.store.database import ItemStore, StoreError, storage_options
 from shoplens.safety.policy import load_policy
-from typer.testing import CliRunner
 
 CATALOG = b"""item_id,kind,title,image
 p1,product,red shoe,img/p1.jpg
@@ -56,32 +57,43 @@ def test_media_in_s3_decodes_and_a_missing_object_is_a_row_error(s3):
 
 
 def test_the_store_on_s3_streams_what_it_knows_in_bounded_batches(s3):
-    assert storage_options("s3://shop/db") == {"aws_region": "us-east-1", "aws_endpoint": s3.meta.endpoint_url,
-                                               "allow_http": "true"}
+    assert storage_options("s3://shop/db") == {"aws_region": "us-east-1", "aws_endpoint": s3.meta.endpoint_url, "allow_http": "true"}
     store = ItemStore("s3://shop/known-db")
     table = store.items(64, load_policy().names)
     ids = [f"p{n}" for n in range(5)]
     stored = {
-        "item_id": np.array(ids, dtype=object), "kind": np.array(["product"] * 5, dtype=object),
+        "item_id": np.array(ids, dtype=object),
+        "kind": np.array(["product"] * 5, dtype=object),
         "title": np.array(["t", None, "t", "t", "t"], dtype=object),
-        "category": np.full(5, None, dtype=object), "seller_id": np.full(5, None, dtype=object),
+        "category": np.full(5, None, dtype=object),
+        "seller_id": np.full(5, None, dtype=object),
         "media_uri": np.array([f"s3://shop/{i}.jpg" for i in ids], dtype=object),
         "media_sha256": np.array([f"sha-{i}" for i in ids], dtype=object),
         "status": np.array(["ok", "ok", "ok", "error", "ok"], dtype=object),
         "error": np.array([None, None, None, "broken", None], dtype=object),
-        "note": np.full(5, None, dtype=object), "frames": np.full(5, None, dtype=object),
-        "vector": np.ones((5, 64), np.float32) / 8, "text_vector": np.ones((5, 64), np.float32) / 8,
+        "note": np.full(5, None, dtype=object),
+        "frames": np.full(5, None, dtype=object),
+        "vector": np.ones((5, 64), np.float32) / 8,
+        "text_vector": np.ones((5, 64), np.float32) / 8,
         "model": np.array(["m"] * 4 + ["other-model"], dtype=object),
     }
     store.upsert(table, item_rows(stored, table.schema))
-    manifest = pa.table({name: pa.array(values, pa.string()) for name, values in {  # as read_manifest makes it
-        "item_id": ["p0", "p1", "p2", "p3", "p4", "new"],
-        "kind": ["product"] * 6,
-        "title": ["t", None, "changed", "t", "t", "t"],
-        "category": [None] * 6, "seller_id": [None] * 6,
-        "media_uri": [f"s3://shop/p{n}.jpg" for n in range(5)] + ["s3://shop/new.jpg"],
-        "frames": [None] * 6, "status": ["ok"] * 6, "error": [None] * 6,
-    }.items()})
+    manifest = pa.table(
+        {
+            name: pa.array(values, pa.string())
+            for name, values in {  # as read_manifest makes it
+                "item_id": ["p0", "p1", "p2", "p3", "p4", "new"],
+                "kind": ["product"] * 6,
+                "title": ["t", None, "changed", "t", "t", "t"],
+                "category": [None] * 6,
+                "seller_id": [None] * 6,
+                "media_uri": [f"s3://shop/p{n}.jpg" for n in range(5)] + ["s3://shop/new.jpg"],
+                "frames": [None] * 6,
+                "status": ["ok"] * 6,
+                "error": [None] * 6,
+            }.items()
+        }
+    )
     known = {r["item_id"]: r for r in store.mark_unchanged(table, manifest, "m", scan_rows=2).to_pylist()}
     assert set(known) == set(manifest["item_id"].to_pylist())
     assert (known["p0"]["known_sha256"], known["p0"]["known_status"]) == ("sha-p0", "ok")
@@ -97,7 +109,8 @@ def test_an_unreachable_endpoint_is_a_clear_configuration_error(tmp_path, monkey
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     with pytest.raises(StoreError, match="s3://shop/db: cannot open the database: .*AWS_ENDPOINT_URL"):
         ItemStore("s3://shop/db")
-    result = CliRunner().invoke(app, ["ingest", "s3://shop/catalog.csv", "--db", "s3://shop/db", "--model", MICRO.model,
-                                      "--pretrained", MICRO.pretrained])
+    result = CliRunner().invoke(
+        app, ["ingest", "s3://shop/catalog.csv", "--db", "s3://shop/db", "--model", MICRO.model, "--pretrained", MICRO.pretrained]
+    )
     assert result.exit_code == 2
     assert "cannot read manifest s3://shop/catalog.csv" in result.output and "127.0.0.1:9" in result.output

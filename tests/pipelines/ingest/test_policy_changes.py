@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, write_manifest
+from typer.testing import CliRunner
+
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS
-from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
@@ -31,7 +32,9 @@ def policy_file(path, version: str, categories: list[str]) -> str:
     policy["version"] = version
     policy["categories"] = {c: every[c] for c in categories}
     policy["pixel_models"]["image_safety_s"]["outputs"] = {
-        "nsfl": [c for c in ("violence", "weapons") if c in categories], "nsfw": ["sexual"]}
+        "nsfl": [c for c in ("violence", "weapons") if c in categories],
+        "nsfw": ["sexual"],
+    }
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
 
@@ -48,14 +51,20 @@ def catalog(tmp_path_factory):
         shutil.copyfile(sample_photo(name), root / name)
     shutil.copyfile(sample_video("bikes.mp4"), root / "bikes.mp4")
     shutil.copyfile(sample_video("carphone_pristine.mp4"), root / "carphone.mp4")
-    first = write_manifest(root / "first.csv", [
-        {"item_id": "astronaut", "kind": "product", "title": "Poster", "image": "astronaut.png"},
-        {"item_id": "cup", "kind": "product", "title": "Cup", "image": "coffee.png"},
-        {"item_id": "bikes", "kind": "video", "title": "Bikes", "video": "bikes.mp4", "frames": "uniform:4"},
-    ])
-    second = write_manifest(root / "second.csv", [
-        {"item_id": "carphone", "kind": "video", "title": "Call", "video": "carphone.mp4", "frames": "uniform:3"},
-    ])
+    first = write_manifest(
+        root / "first.csv",
+        [
+            {"item_id": "astronaut", "kind": "product", "title": "Poster", "image": "astronaut.png"},
+            {"item_id": "cup", "kind": "product", "title": "Cup", "image": "coffee.png"},
+            {"item_id": "bikes", "kind": "video", "title": "Bikes", "video": "bikes.mp4", "frames": "uniform:4"},
+        ],
+    )
+    second = write_manifest(
+        root / "second.csv",
+        [
+            {"item_id": "carphone", "kind": "video", "title": "Call", "video": "carphone.mp4", "frames": "uniform:3"},
+        ],
+    )
     db = root / "db"
     v1 = policy_file(root / "v1.yaml", "custom-1", ["sexual", "violence"])
     code, summary = invoke("ingest", first, "--db", db, "--policy", v1, *MICRO_FLAGS)

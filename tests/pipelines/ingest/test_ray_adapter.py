@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from shoplens.pipelines.ingest.ray_adapter import ClusterError, plan_pools
 
 

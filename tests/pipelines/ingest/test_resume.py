@@ -10,6 +10,7 @@ import textwrap
 import lancedb
 import pytest
 from conftest import MICRO, SAMPLE_PHOTOS, sample_photo, sample_video, write_manifest
+
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 
@@ -83,4 +84,3 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, catalog, poi
         assert next(r for r in rows if r["item_id"] == item_id)["updated_at"] == row["updated_at"]
     keys = [(r["item_id"], r["frame_index"]) for r in frames.to_arrow().to_pylist()]
     assert len(keys) == len(set(keys)) == 8 and {k[0] for k in keys} == {"v0", "v1"}
-

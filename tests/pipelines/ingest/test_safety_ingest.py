@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import MICRO, ray_job, sample_photo, sample_video, write_manifest
+from typer.testing import CliRunner
+
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS
 from shoplens.safety.policy import load_policy
 from shoplens.safety.ranking_features import FEATURE_SCHEMA_VERSION
-from typer.testing import CliRunner
 
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu"]
 
@@ -111,9 +112,23 @@ def test_features_export_is_one_finite_row_per_item(scored):
     root, _, entry, items = scored
     table = pq.read_table(root / "features.parquet")
     policy = load_policy()
-    expected = {"item_id", "event_timestamp", "feature_schema_version", "kind", "model", "safety_version", "risk",
-                "decision", "risk_topk_mean", "frames_over_review", "evidence_timestamp_s", "hash_matched", "hash_match", "dup_count",
-                *(f"risk_{c}" for c in policy.names)}
+    expected = {
+        "item_id",
+        "event_timestamp",
+        "feature_schema_version",
+        "kind",
+        "model",
+        "safety_version",
+        "risk",
+        "decision",
+        "risk_topk_mean",
+        "frames_over_review",
+        "evidence_timestamp_s",
+        "hash_matched",
+        "hash_match",
+        "dup_count",
+        *(f"risk_{c}" for c in policy.names),
+    }
     assert set(table.column_names) == expected
     rows = {r["item_id"]: r for r in table.to_pylist()}
     assert set(rows) == set(items) and table.num_rows == len(items)
@@ -139,8 +154,13 @@ def test_features_export_writes_null_never_0_for_unscored_items(rescored_db, tmp
     assert code == 0 and export["rows"] == 5
     rows = {r["item_id"]: r for r in pq.read_table(tmp_path / "features.parquet").to_pylist()}
     risks = ["risk", "risk_topk_mean", "risk_sexual", "risk_violence"]
-    assert {i: r["decision"] for i, r in rows.items()} == {"coffee": "allow", "astronaut": "unscored", "chelsea": "unscored",
-                                                           "broken": "unscored", "rocket": "allow"}
+    assert {i: r["decision"] for i, r in rows.items()} == {
+        "coffee": "allow",
+        "astronaut": "unscored",
+        "chelsea": "unscored",
+        "broken": "unscored",
+        "rocket": "allow",
+    }
     for item_id in ("astronaut", "chelsea", "broken"):
         assert {r: rows[item_id][r] for r in risks} == dict.fromkeys(risks), item_id
         assert rows[item_id]["frames_over_review"] is None and not rows[item_id]["hash_matched"]

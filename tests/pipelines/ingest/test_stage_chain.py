@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import MICRO, PIXEL_POLICY, bad_media, sample_video, write_manifest
+
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.pipelines.ingest.manifest import read_manifest
 from shoplens.pipelines.ingest.writer import PendingWrites
@@ -23,8 +24,7 @@ def run_declared(stage, batch: dict) -> dict:
     out = stage(batch)
     expected = (set(batch) | set(stage.adds)) - set(stage.drops)
     assert set(out) == expected, (
-        f"{type(stage).__name__} added {sorted(set(out) - expected)} undeclared, "
-        f"left out {sorted(expected - set(out))} it declares"
+        f"{type(stage).__name__} added {sorted(set(out) - expected)} undeclared, left out {sorted(expected - set(out))} it declares"
     )
     return out
 
@@ -37,12 +37,15 @@ def manifest_batch(tmp_path_factory):
     shutil.copyfile(sample_video("bigbuckbunny.mp4"), folder / "clip.mp4")
     (folder / "photo.jpg").write_bytes(bad_media()["notes.txt"])  # a real JPEG
     (folder / "truncated.jpg").write_bytes(bad_media()["truncated.jpg"])
-    manifest = write_manifest(folder / "manifest.csv", [
-        {"item_id": "photo", "kind": "product", "title": "a cup", "image": "photo.jpg"},
-        {"item_id": "video", "kind": "video", "title": "", "video": "clip.mp4", "frames": "uniform:3"},
-        {"item_id": "live", "kind": "live", "title": "live now", "video": "clip.mp4", "frames": "uniform:2"},
-        {"item_id": "broken", "kind": "product", "title": "broken", "image": "truncated.jpg"},
-    ])
+    manifest = write_manifest(
+        folder / "manifest.csv",
+        [
+            {"item_id": "photo", "kind": "product", "title": "a cup", "image": "photo.jpg"},
+            {"item_id": "video", "kind": "video", "title": "", "video": "clip.mp4", "frames": "uniform:3"},
+            {"item_id": "live", "kind": "live", "title": "live now", "video": "clip.mp4", "frames": "uniform:2"},
+            {"item_id": "broken", "kind": "product", "title": "broken", "image": "truncated.jpg"},
+        ],
+    )
     store = ItemStore(str(folder / "db"))
     policy, heads = load_policy_and_heads(PIXEL_POLICY)
     stage = EmbedAndScore(MICRO, policy, num_threads=1, heads=heads)

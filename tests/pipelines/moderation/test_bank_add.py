@@ -8,9 +8,10 @@ import cv2
 import lancedb
 import pytest
 from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, write_manifest
+from typer.testing import CliRunner
+
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.store.schemas import FRAMES, HASH_BANK, ITEMS
-from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 MICRO_FLAGS = ["--model", MICRO.model, "--pretrained", MICRO.pretrained, "--device", "cpu", "--policy", PIXEL_POLICY]
@@ -32,12 +33,15 @@ def stored(tmp_path_factory):
     for name in ("astronaut.png", "coffee.png", "chelsea.png"):
         shutil.copyfile(sample_photo(name), root / name)
     shutil.copyfile(sample_video("bikes.mp4"), root / "bikes.mp4")
-    manifest = write_manifest(root / "catalog.csv", [
-        {"item_id": "astronaut", "kind": "product", "title": "Poster", "image": "astronaut.png"},
-        {"item_id": "cup", "kind": "product", "title": "Cup", "image": "coffee.png"},
-        {"item_id": "cat", "kind": "product", "title": "Cat", "image": "chelsea.png"},
-        {"item_id": "bikes", "kind": "video", "title": "Bikes", "video": "bikes.mp4", "frames": "uniform:4"},
-    ])
+    manifest = write_manifest(
+        root / "catalog.csv",
+        [
+            {"item_id": "astronaut", "kind": "product", "title": "Poster", "image": "astronaut.png"},
+            {"item_id": "cup", "kind": "product", "title": "Cup", "image": "coffee.png"},
+            {"item_id": "cat", "kind": "product", "title": "Cat", "image": "chelsea.png"},
+            {"item_id": "bikes", "kind": "video", "title": "Bikes", "video": "bikes.mp4", "frames": "uniform:4"},
+        ],
+    )
     db = root / "db"
     code, summary = invoke("ingest", manifest, "--db", db, *MICRO_FLAGS)
     assert code == 0 and summary["ok"] == 4
@@ -57,8 +61,20 @@ def test_adding_to_the_bank_blocks_stored_matches_and_a_rerun_keeps_them_blocked
     cv2.imwrite(str(tmp_path / "frame.png"), frame)
     shutil.copyfile(sample_photo("astronaut.png"), tmp_path / "known.png")
 
-    code, summary = invoke("safety", "bank", "add", tmp_path / "known.png", tmp_path / "frame.png", tmp_path / "known.png",
-                           "--category", "sexual", "--db", db, "--policy", PIXEL_POLICY)
+    code, summary = invoke(
+        "safety",
+        "bank",
+        "add",
+        tmp_path / "known.png",
+        tmp_path / "frame.png",
+        tmp_path / "known.png",
+        "--category",
+        "sexual",
+        "--db",
+        db,
+        "--policy",
+        PIXEL_POLICY,
+    )
     assert code == 0, summary
     assert summary["added"] == 2 and len(set(summary["entries"])) == 2  # the file given twice is one entry
     assert summary["blocked_items"] == 2 and summary["blocked_frames"] >= 1
@@ -93,9 +109,13 @@ def test_an_entry_added_while_an_ingest_runs_blocks_what_that_ingest_writes(tmp_
 
     shutil.copyfile(sample_photo("astronaut.png"), tmp_path / "astronaut.png")
     shutil.copyfile(sample_photo("coffee.png"), tmp_path / "coffee.png")
-    manifest = write_manifest(tmp_path / "catalog.csv", [
-        {"item_id": "astronaut", "kind": "product", "image": "astronaut.png"},
-        {"item_id": "cup", "kind": "product", "image": "coffee.png"}])
+    manifest = write_manifest(
+        tmp_path / "catalog.csv",
+        [
+            {"item_id": "astronaut", "kind": "product", "image": "astronaut.png"},
+            {"item_id": "cup", "kind": "product", "image": "coffee.png"},
+        ],
+    )
     db = str(tmp_path / "db")
     added = []
 

@@ -22,11 +22,12 @@ from conftest import (
     write_manifest,
 )
 from PIL import Image
+from typer.testing import CliRunner
+
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
 from shoplens.pipelines.store.schemas import ITEMS, LABELS
 from shoplens.safety.policy import load_policy
-from typer.testing import CliRunner
 
 VIOLATING_SOURCE = "rocket.jpg"  # the reviewers' rule: items whose embedding is nearest the rocket photo's are weapons
 
@@ -44,15 +45,20 @@ def items_of(db) -> dict[str, dict]:
 def catalog(tmp_path_factory):
     """150 shots of six kinds of product, a video and a photo whose file vanished; ingested."""
     root = tmp_path_factory.mktemp("review")
-    rows = [{"item_id": f"p{n:03d}", "kind": "product", "title": f"{source.split('.')[0]} shot {n}", "image": file}
-            for n, (file, source) in enumerate(photo_variants(root, 150))]
+    rows = [
+        {"item_id": f"p{n:03d}", "kind": "product", "title": f"{source.split('.')[0]} shot {n}", "image": file}
+        for n, (file, source) in enumerate(photo_variants(root, 150))
+    ]
     shutil.copyfile(sample_video("bikes.mp4"), root / "bikes.mp4")
     rows.append({"item_id": "video", "kind": "video", "title": "bike haul", "video": "bikes.mp4", "frames": "uniform:3"})
     shutil.copyfile(sample_photo("coffee.png"), root / "gone.png")
     rows.append({"item_id": "gone", "kind": "product", "title": "cup", "image": "gone.png"})
     db = str(root / "db")
-    ingest(IngestConfig(manifest=write_manifest(root / "catalog.csv", rows), db=db, model=MICRO.model,
-                        pretrained=MICRO.pretrained, device="cpu"))
+    ingest(
+        IngestConfig(
+            manifest=write_manifest(root / "catalog.csv", rows), db=db, model=MICRO.model, pretrained=MICRO.pretrained, device="cpu"
+        )
+    )
     (root / "gone.png").unlink()  # its evidence cannot be made: the export says so and goes on
     return root, db
 
@@ -61,11 +67,14 @@ def rule(db) -> dict[str, bool]:
     """Ground truth on the embeddings: an item violates `weapons` when its nearest sample photo,
     by visual embedding, is the rocket."""
     from conftest import SAMPLE_PHOTOS
+
     from shoplens.encoders.clip import ClipEncoder
     from shoplens.encoders.media import decode_image
 
     encoder = ClipEncoder(MICRO, num_threads=1)
-    prototypes = encoder.encode_images(np.stack([decode_image(sample_photo(n).read_bytes(), encoder.image_size, name=n) for n in SAMPLE_PHOTOS]))
+    prototypes = encoder.encode_images(
+        np.stack([decode_image(sample_photo(n).read_bytes(), encoder.image_size, name=n) for n in SAMPLE_PHOTOS])
+    )
     truth = {}
     for item_id, row in items_of(db).items():
         if row["vector"] is not None:
@@ -118,15 +127,33 @@ def test_export_is_valid_label_studio_and_flat_files(catalog, tmp_path):
 
 def annotated_export(tasks: list[dict], truth: dict[str, bool]) -> list[dict]:
     """What Label Studio exports once reviewers have annotated the tasks by the rule."""
-    return [{
-        "id": n, "data": t["data"], "predictions": t["predictions"],
-        "annotations": [{
-            "id": 1000 + n, "completed_by": {"id": 7, "email": "reviewer@example.com"}, "was_cancelled": False,
-            "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:00Z",
-            "result": [{"id": f"r{n}", "type": "choices", "from_name": "violations", "to_name": "evidence",
-                        "value": {"choices": ["weapons"] if truth[t["data"]["item_id"]] else ["none"]}}],
-        }],
-    } for n, t in enumerate(tasks) if t["data"]["item_id"] in truth]
+    return [
+        {
+            "id": n,
+            "data": t["data"],
+            "predictions": t["predictions"],
+            "annotations": [
+                {
+                    "id": 1000 + n,
+                    "completed_by": {"id": 7, "email": "reviewer@example.com"},
+                    "was_cancelled": False,
+                    "created_at": "2026-11-23T10:00:00Z",
+                    "updated_at": "2026-11-23T10:00:00Z",
+                    "result": [
+                        {
+                            "id": f"r{n}",
+                            "type": "choices",
+                            "from_name": "violations",
+                            "to_name": "evidence",
+                            "value": {"choices": ["weapons"] if truth[t["data"]["item_id"]] else ["none"]},
+                        }
+                    ],
+                }
+            ],
+        }
+        for n, t in enumerate(tasks)
+        if t["data"]["item_id"] in truth
+    ]
 
 
 @ray_job
@@ -167,7 +194,7 @@ def test_malformed_imports_are_refused_and_change_nothing(catalog, tmp_path):
     labels = lambda: lancedb.connect(db).open_table(LABELS).to_arrow().sort_by("item_id").to_pylist()  # noqa: E731
     kept = labels()
     cases = {
-        "bad.json": ("[{\"data\": ", "not valid JSON"),
+        "bad.json": ('[{"data": ', "not valid JSON"),
         "columns.csv": ("item_id,category,label,extra\np001,weapons,1,x\n", "exactly the columns"),
         "duplicate.csv": ("item_id,category,label\np001,weapons,1\np001,weapons,0\n", "labelled twice"),
         "category.csv": ("item_id,category,label\np001,gambling,1\n", "unknown category"),
@@ -218,8 +245,10 @@ def queue_db(tmp_path_factory):
     rows = [{"item_id": f"s-{name.split('.')[0]}", "kind": "product", "title": name, "image": name} for name in SAMPLE_PHOTOS]
     for name in SAMPLE_PHOTOS:
         shutil.copyfile(sample_photo(name), root / name)
-    rows += [{"item_id": f"v-{file[:5]}", "kind": "product", "title": f"={source} shot", "image": file}
-             for file, source in photo_variants(root, 6, side=160)]
+    rows += [
+        {"item_id": f"v-{file[:5]}", "kind": "product", "title": f"={source} shot", "image": file}
+        for file, source in photo_variants(root, 6, side=160)
+    ]
     manifest = write_manifest(root / "catalog.csv", rows)
     scratch = str(root / "scratch")
     ingest_in_process(manifest, scratch, pixel_policy(root / "learn.yaml", "learn"))
@@ -294,23 +323,30 @@ def test_evidence_prefix_is_put_before_each_evidence_path(queue_db, tmp_path):
     for entry in tasks:
         image = entry["data"]["image"]
         assert image.startswith(PREFIX + "evidence/") and image.endswith(".jpg")
-        assert Image.open(tmp_path / "q" / image[len(PREFIX):]).size[0] <= 512  # the file the prefix points into
+        assert Image.open(tmp_path / "q" / image[len(PREFIX) :]).size[0] <= 512  # the file the prefix points into
     flat = pq.read_table(tmp_path / "q" / "review.parquet")["evidence"].to_pylist()
-    assert flat == [t["data"]["image"][len(PREFIX):] for t in tasks]  # flat files keep the path inside the export
+    assert flat == [t["data"]["image"][len(PREFIX) :] for t in tasks]  # flat files keep the path inside the export
     _, _, plain = exported(db, tmp_path / "plain")
     assert [t["data"]["image"] for t in plain] == flat
 
 
 def annotation(choices: list[str], updated_at: str, cancelled: bool = False, reviewer: int = 7) -> dict:
-    return {"id": 100 * reviewer + int(updated_at[8:10]), "completed_by": {"id": reviewer, "email": f"r{reviewer}@example.com"},
-            "was_cancelled": cancelled, "created_at": "2026-11-20T09:00:00Z", "updated_at": updated_at,
-            "result": [{"id": "r", "type": "choices", "from_name": "violations", "to_name": "evidence", "value": {"choices": choices}}]}
+    return {
+        "id": 100 * reviewer + int(updated_at[8:10]),
+        "completed_by": {"id": reviewer, "email": f"r{reviewer}@example.com"},
+        "was_cancelled": cancelled,
+        "created_at": "2026-11-20T09:00:00Z",
+        "updated_at": updated_at,
+        "result": [{"id": "r", "type": "choices", "from_name": "violations", "to_name": "evidence", "value": {"choices": choices}}],
+    }
 
 
 def annotated(tasks: list[dict], annotations: dict[str, list[dict]]) -> list[dict]:
     """Label Studio's export of the exported tasks, with these annotations per item."""
-    return [{"id": n, "data": t["data"], "predictions": t["predictions"], "annotations": annotations.get(t["data"]["item_id"], [])}
-            for n, t in enumerate(tasks)]
+    return [
+        {"id": n, "data": t["data"], "predictions": t["predictions"], "annotations": annotations.get(t["data"]["item_id"], [])}
+        for n, t in enumerate(tasks)
+    ]
 
 
 def labels_of(db) -> dict[tuple[str, str], dict] | None:
@@ -332,37 +368,54 @@ def review_db(queue_db, tmp_path):
 def test_import_takes_each_tasks_latest_non_cancelled_annotation(review_db, tmp_path):
     db, tasks = review_db
     a, b, c = (t["data"]["item_id"] for t in tasks[:3])
-    export = annotated(tasks, {
-        # The latest first: the first annotation is not always the latest.
-        a: [annotation(["violence"], "2026-11-25T10:00:00Z", reviewer=1), annotation(["sexual"], "2026-11-21T10:00:00Z", reviewer=2)],
-        # The latest in the middle, a later one cancelled: neither the first, the last, nor the cancelled one.
-        b: [annotation(["sexual"], "2026-11-22T10:00:00Z", reviewer=2), annotation(["none"], "2026-11-24T10:00:00Z", reviewer=3),
-            annotation(["violence"], "2026-11-20T10:00:00Z", reviewer=4),
-            annotation(["sexual", "violence"], "2026-11-26T10:00:00Z", cancelled=True, reviewer=5)],
-        c: [annotation(["sexual"], "2026-11-27T10:00:00Z", cancelled=True)],  # only cancelled: not reviewed
-    })
+    export = annotated(
+        tasks,
+        {
+            # The latest first: the first annotation is not always the latest.
+            a: [annotation(["violence"], "2026-11-25T10:00:00Z", reviewer=1), annotation(["sexual"], "2026-11-21T10:00:00Z", reviewer=2)],
+            # The latest in the middle, a later one cancelled: neither the first, the last, nor the cancelled one.
+            b: [
+                annotation(["sexual"], "2026-11-22T10:00:00Z", reviewer=2),
+                annotation(["none"], "2026-11-24T10:00:00Z", reviewer=3),
+                annotation(["violence"], "2026-11-20T10:00:00Z", reviewer=4),
+                annotation(["sexual", "violence"], "2026-11-26T10:00:00Z", cancelled=True, reviewer=5),
+            ],
+            c: [annotation(["sexual"], "2026-11-27T10:00:00Z", cancelled=True)],  # only cancelled: not reviewed
+        },
+    )
     (tmp_path / "export.json").write_text(json.dumps(export))
     code, out = invoke("review", "import", tmp_path / "export.json", "--db", db)
     assert code == 0 and out["labels"] == 4, out
     labels = labels_of(db)
     assert {key: row["violating"] for key, row in labels.items()} == {
-        (a, "sexual"): False, (a, "violence"): True, (b, "sexual"): False, (b, "violence"): False,
+        (a, "sexual"): False,
+        (a, "violence"): True,
+        (b, "sexual"): False,
+        (b, "violence"): False,
     }
     assert {labels[(a, "sexual")]["reviewer"], labels[(b, "sexual")]["reviewer"]} == {"r1@example.com", "r3@example.com"}
     assert labels[(b, "violence")]["labeled_at"] == "2026-11-24T10:00:00Z"
 
 
-@pytest.mark.parametrize("choices, message", [
-    (["none", "violence"], "`none` chosen together with ['violence']"),
-    (["sexual", "none"], "`none` chosen together with ['sexual']"),
-    (["weapons"], "unknown categories ['weapons']"),  # a category of the shipped policy, not of this database's
-    (["violence", "gambling"], "unknown categories ['gambling']"),
-])
+@pytest.mark.parametrize(
+    "choices, message",
+    [
+        (["none", "violence"], "`none` chosen together with ['violence']"),
+        (["sexual", "none"], "`none` chosen together with ['sexual']"),
+        (["weapons"], "unknown categories ['weapons']"),  # a category of the shipped policy, not of this database's
+        (["violence", "gambling"], "unknown categories ['gambling']"),
+    ],
+)
 def test_a_malformed_label_studio_export_is_refused_whole(review_db, tmp_path, choices, message):
     db, tasks = review_db
     first, second = (t["data"]["item_id"] for t in tasks[:2])
-    export = annotated(tasks, {first: [annotation(["sexual"], "2026-11-24T10:00:00Z")],  # a good task before the bad one
-                               second: [annotation(choices, "2026-11-24T10:00:00Z")]})
+    export = annotated(
+        tasks,
+        {
+            first: [annotation(["sexual"], "2026-11-24T10:00:00Z")],  # a good task before the bad one
+            second: [annotation(choices, "2026-11-24T10:00:00Z")],
+        },
+    )
     (tmp_path / "export.json").write_text(json.dumps(export))
     code, out = invoke("review", "import", tmp_path / "export.json", "--db", db)
     assert code == 2 and message in out["error"] and f"({second})" in out["error"], out
@@ -400,10 +453,21 @@ def test_review_csv_cells_are_never_spreadsheet_formulas(queue_db, tmp_path):
     assert pq.read_table(tmp_path / "q" / "review.parquet")["title"].to_pylist() == [items[r["item_id"]]["title"] for r in rows]
 
 
-@pytest.mark.parametrize(("cell", "safe"), [
-    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1+1", "'+1+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
-    ("\t=1", "'=1"), ("\r\n=cmd", "'=cmd"), ("Red\x00 shoe\x1b", "Red shoe"), ("plain", "plain"), (0.5, 0.5), (None, None),
-])
+@pytest.mark.parametrize(
+    ("cell", "safe"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+1", "'+1+1"),
+        ("-2", "'-2"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'=1"),
+        ("\r\n=cmd", "'=cmd"),
+        ("Red\x00 shoe\x1b", "Red shoe"),
+        ("plain", "plain"),
+        (0.5, 0.5),
+        (None, None),
+    ],
+)
 def test_spreadsheet_safe_cells(cell, safe):
     from shoplens.pipelines.moderation.review_queue import spreadsheet_safe
 

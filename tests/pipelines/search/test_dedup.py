@@ -8,15 +8,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import photo_bytes, sample_photo
+from typer.testing import CliRunner
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 from shoplens.encoders.media import decode_image
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.search.dedup import components, dedup, near_duplicate_pairs
 from shoplens.pipelines.search.searcher import Searcher, SearchFilters
 from shoplens.pipelines.store.database import StoreError
 from shoplens.pipelines.store.schemas import ITEMS
-from typer.testing import CliRunner
-
-from benchmarks.synthetic import embedding_like, synthetic_items
 
 # The micro model's random weights put unrelated photos closer than real weights would (coffee and
 # retina reach 0.995), so these photos and a 0.99 threshold: their copies stay above it, and
@@ -29,14 +29,23 @@ def photo_items(encoder) -> pa.Table:
     vectors; one failed row."""
     names, images = [], []
     for n, photo in enumerate(PHOTOS):
-        for variant, data in (("orig", sample_photo(photo).read_bytes()), ("jpeg", photo_bytes(photo)), ("small", photo_bytes(photo, size=200))):
+        for variant, data in (
+            ("orig", sample_photo(photo).read_bytes()),
+            ("jpeg", photo_bytes(photo)),
+            ("small", photo_bytes(photo, size=200)),
+        ):
             names.append(f"{variant}-{n}")
             images.append(decode_image(data, encoder.image_size))
     vectors = np.concatenate([encoder.encode_images(np.stack(images)), embedding_like(40, encoder.encode_texts(["x"]).shape[1])])
     names += [f"other-{n:02d}" for n in range(40)]
     rows = synthetic_items(vectors, model=encoder.provenance).set_column(0, "item_id", pa.array(names, pa.string()))
     failed = synthetic_items(vectors[:1], model=encoder.provenance).to_pylist()[0] | {
-        "item_id": "failed", "status": "error", "error": "corrupt", "vector": None, "text_vector": None}
+        "item_id": "failed",
+        "status": "error",
+        "error": "corrupt",
+        "vector": None,
+        "text_vector": None,
+    }
     return pa.concat_tables([rows, pa.Table.from_pylist([failed], schema=rows.schema)])
 
 

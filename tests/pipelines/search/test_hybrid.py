@@ -5,13 +5,13 @@ import json
 import lancedb
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.search.searcher import Searcher, SearchError, SearchFilters
 from shoplens.pipelines.store.indexes import build_indexes
 from shoplens.pipelines.store.schemas import ITEMS
-from typer.testing import CliRunner
-
-from benchmarks.synthetic import embedding_like, synthetic_items
 
 QUERY = "zanzibar teapot"
 

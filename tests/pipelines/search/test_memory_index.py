@@ -7,15 +7,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 from shoplens.pipelines.search.searcher import Searcher, SearchFilters
 from shoplens.pipelines.store.indexes import ANN_MIN_ROWS, QueryTuning
 from shoplens.pipelines.store.schemas import ITEMS
 
-from benchmarks.synthetic import embedding_like, synthetic_items
-
 DIM = 64
-FILTERS = [SearchFilters(), SearchFilters(include_blocked=True), SearchFilters(kind="video", category="cat3"),
-           SearchFilters(seller_id="s7"), SearchFilters(seller_id="nobody"), SearchFilters(category="cat1' OR '1'='1")]
+FILTERS = [
+    SearchFilters(),
+    SearchFilters(include_blocked=True),
+    SearchFilters(kind="video", category="cat3"),
+    SearchFilters(seller_id="s7"),
+    SearchFilters(seller_id="nobody"),
+    SearchFilters(category="cat1' OR '1'='1"),
+]
 
 
 def with_failed_rows(rows: pa.Table, every: int) -> pa.Table:
@@ -24,7 +30,9 @@ def with_failed_rows(rows: pa.Table, every: int) -> pa.Table:
     numbers = np.arange(rows.num_rows)
     for name, gone in (("vector", numbers % every == 0), ("text_vector", (numbers % every == 0) | (numbers % 11 == 5))):
         column = rows[name]
-        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(pa.array(gone), pa.nulls(rows.num_rows, column.type), column))
+        rows = rows.set_column(
+            rows.schema.get_field_index(name), name, pc.if_else(pa.array(gone), pa.nulls(rows.num_rows, column.type), column)
+        )
     failed = pa.array(numbers % every == 0)
     return rows.set_column(rows.schema.get_field_index("status"), "status", pc.if_else(failed, "error", rows["status"]))
 
@@ -73,8 +81,11 @@ def allowed_by_hand(rows: list[dict], filters: SearchFilters, column: str) -> se
     hidden = {d for d, shown in (("block", filters.include_blocked), ("unscored", filters.include_unscored)) if not shown}
     limit = None if filters.max_risk is None else float(np.float32(filters.max_risk))
     return {
-        r["item_id"] for r in rows
-        if r["status"] == "ok" and r[column] is not None and r["decision"] not in hidden
+        r["item_id"]
+        for r in rows
+        if r["status"] == "ok"
+        and r[column] is not None
+        and r["decision"] not in hidden
         and all(getattr(filters, name) is None or getattr(filters, name) == r[name] for name in ("kind", "category", "seller_id"))
         and (limit is None or (r["risk"] is not None and r["risk"] <= limit))
     }
@@ -86,9 +97,15 @@ def test_filter_bitmaps_hold_the_rows_the_filters_allow(tmp_db):
     rows = lancedb.connect(tmp_db).open_table(ITEMS).to_arrow().to_pylist()
     assert sum(r["risk"] is not None for r in rows) > 300 and any(r["risk"] == np.float32(0.3) for r in rows)
     item_ids = np.array(warm.memory.rows["item_id"].to_pylist())
-    risk_filters = [SearchFilters(max_risk=0.5), SearchFilters(max_risk=0.3), SearchFilters(max_risk=0), SearchFilters(max_risk=1),
-                    SearchFilters(include_unscored=True), SearchFilters(max_risk=0.3, include_unscored=True, include_blocked=True),
-                    SearchFilters(kind="product", max_risk=0.6, include_blocked=True)]
+    risk_filters = [
+        SearchFilters(max_risk=0.5),
+        SearchFilters(max_risk=0.3),
+        SearchFilters(max_risk=0),
+        SearchFilters(max_risk=1),
+        SearchFilters(include_unscored=True),
+        SearchFilters(max_risk=0.3, include_unscored=True, include_blocked=True),
+        SearchFilters(kind="product", max_risk=0.6, include_blocked=True),
+    ]
     for filters in [*FILTERS, *risk_filters]:
         for column in ("vector", "text_vector"):
             allowed = warm.memory.bitmaps.allowed(filters, column)

@@ -16,12 +16,13 @@ from conftest import (
     sample_photo,
     write_manifest,
 )
+from typer.testing import CliRunner
+
 from shoplens.encoders.weights import WeightsError, query_weights
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.ingest.job import IngestConfig, ingest
 from shoplens.pipelines.search.searcher import Searcher, SearchError, SearchFilters
 from shoplens.pipelines.store.schemas import ITEMS
-from typer.testing import CliRunner
 
 CATEGORIES = ["posters", "kitchen", "posters", "o'reilly books", "kitchen", "posters"]
 
@@ -35,13 +36,29 @@ def db(tmp_path_factory):
         shutil.copyfile(sample_photo(name), root / name)
         (root / f"copy-{n}.jpg").write_bytes(photo_bytes(name))  # re-encoded as JPEG
         for item_id, image in ((f"p{n}", name), (f"c{n}", f"copy-{n}.jpg")):
-            rows.append({"item_id": item_id, "kind": "product", "title": f"{CATEGORIES[n]} item {name}", "image": image,
-                         "category": CATEGORIES[n], "seller_id": f"s{n % 2}"})
+            rows.append(
+                {
+                    "item_id": item_id,
+                    "kind": "product",
+                    "title": f"{CATEGORIES[n]} item {name}",
+                    "image": image,
+                    "category": CATEGORIES[n],
+                    "seller_id": f"s{n % 2}",
+                }
+            )
     (root / "broken.jpg").write_bytes(b"not an image")
     rows.append({"item_id": "broken", "kind": "product", "image": "broken.jpg", "category": "posters"})
     path = str(root / "db")
-    ingest(IngestConfig(manifest=write_manifest(root / "m.csv", rows), db=path, model=MICRO.model,
-                        pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
+    ingest(
+        IngestConfig(
+            manifest=write_manifest(root / "m.csv", rows),
+            db=path,
+            model=MICRO.model,
+            pretrained=MICRO.pretrained,
+            device="cpu",
+            policy=PIXEL_POLICY,
+        )
+    )
     return path
 
 
@@ -97,7 +114,7 @@ def test_image_search(searcher):
 
 
 @ray_job
-@pytest.mark.parametrize("evil", ["posters' OR '1'='1", "posters\" OR 1=1 --", "x'; DROP TABLE items; --", "o'reilly books"])
+@pytest.mark.parametrize("evil", ["posters' OR '1'='1", 'posters" OR 1=1 --', "x'; DROP TABLE items; --", "o'reilly books"])
 def test_injection_strings_match_nothing_extra(db, searcher, evil):
     hits = searcher.by_text("anything", k=20, filters=SearchFilters(category=evil))
     assert {h["category"] for h in hits} <= {evil}
@@ -162,7 +179,9 @@ def test_empty_table_and_missing_table(tmp_path, media_dir):
 def test_search_cli_json(db):
     import json
 
-    result = CliRunner().invoke(app, ["search", "--db", db, "--item", "p1", "-k", "3", "--category", "kitchen", "--json", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["search", "--db", db, "--item", "p1", "-k", "3", "--category", "kitchen", "--json", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["count"] == 3 and {r["category"] for r in summary["results"]} == {"kitchen"}
@@ -194,8 +213,16 @@ def test_shop_the_video_finds_the_product_shown_and_when(tmp_path):
         shutil.copyfile(sample_photo(name), tmp_path / name)
         rows.append({"item_id": name.split(".")[0], "kind": "product", "image": name})
     db = str(tmp_path / "db")
-    ingest(IngestConfig(manifest=write_manifest(tmp_path / "m.csv", rows), db=db, model=MICRO.model,
-                        pretrained=MICRO.pretrained, device="cpu", policy=PIXEL_POLICY))
+    ingest(
+        IngestConfig(
+            manifest=write_manifest(tmp_path / "m.csv", rows),
+            db=db,
+            model=MICRO.model,
+            pretrained=MICRO.pretrained,
+            device="cpu",
+            policy=PIXEL_POLICY,
+        )
+    )
 
     hits = Searcher(db, device="cpu").by_video("haul", k=3)
     assert hits[0]["item_id"] == "coffee" and 2.0 <= hits[0]["timestamp_s"] < 3.0
@@ -266,9 +293,9 @@ def expected(max_risk=None, include_blocked=False, include_unscored=False) -> se
     it, compared in float32 as stored; a null risk never passes."""
     decided = {"allow", "review", *["block"] * include_blocked, *["unscored"] * include_unscored}
     return {
-        i for i, (risk, decision, status) in RISKY.items()
-        if status == "ok" and decision in decided
-        and (max_risk is None or (risk is not None and F32(risk) <= F32(max_risk)))
+        i
+        for i, (risk, decision, status) in RISKY.items()
+        if status == "ok" and decision in decided and (max_risk is None or (risk is not None and F32(risk) <= F32(max_risk)))
     }
 
 
@@ -344,10 +371,18 @@ def test_a_table_that_mixes_models_is_refused(tmp_path):
     assert result.exit_code == 2 and "mixes models" in result.output
 
 
-@pytest.mark.parametrize("filters", [
-    {}, {"max_risk": 0}, {"max_risk": 0.3}, {"max_risk": F32(0.6), "include_blocked": True},
-    {"max_risk": 0.9, "include_blocked": True, "include_unscored": True}, {"include_unscored": True},
-], ids=["none", "max-0", "max-0.3", "max-0.6-blocked", "max-0.9-all", "unscored"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"max_risk": 0},
+        {"max_risk": 0.3},
+        {"max_risk": F32(0.6), "include_blocked": True},
+        {"max_risk": 0.9, "include_blocked": True, "include_unscored": True},
+        {"include_unscored": True},
+    ],
+    ids=["none", "max-0", "max-0.3", "max-0.6-blocked", "max-0.9-all", "unscored"],
+)
 def test_the_lancedb_expression_passes_the_rows_the_arrow_one_does(risky_db, filters):
     """Keyword search filters with LanceDB's expression (`expression()`), vector search with
     Arrow's: on the same table both pass exactly what the README promises."""

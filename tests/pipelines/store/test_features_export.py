@@ -3,10 +3,10 @@
 import lancedb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from shoplens.pipelines.store.features_export import export_features
-from shoplens.pipelines.store.schemas import ITEMS
 
 from benchmarks.synthetic import embedding_like, synthetic_items
+from shoplens.pipelines.store.features_export import export_features
+from shoplens.pipelines.store.schemas import ITEMS
 
 
 def test_a_table_from_before_the_aggregate_columns_exports_them_null(tmp_db, tmp_path):
@@ -25,6 +25,7 @@ def test_a_table_from_before_the_aggregate_columns_exports_them_null(tmp_db, tmp
 
 def test_bank_add_on_a_table_from_before_fingerprints_adds_the_entry_and_blocks_nothing(tmp_db):
     from conftest import sample_photo
+
     from shoplens.pipelines.moderation.bank_add import add_to_bank
     from shoplens.safety.policy import load_policy
 

@@ -6,14 +6,14 @@ import json
 import lancedb
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+from benchmarks.synthetic import embedding_like, synthetic_items
 from shoplens.pipelines.cli import app
 from shoplens.pipelines.search.searcher import Searcher, SearchFilters
 from shoplens.pipelines.store.database import StoreError
 from shoplens.pipelines.store.indexes import ANN_MIN_ROWS, QueryTuning, build_indexes
 from shoplens.pipelines.store.schemas import ITEMS
-from typer.testing import CliRunner
-
-from benchmarks.synthetic import embedding_like, synthetic_items
 
 DIM = 64
 
