@@ -27,6 +27,15 @@ class ClipSpec:
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"  # auto | cpu | cuda
+    # The weights as the driver resolved (and checksummed) them, so that no actor does it again.
+    source: ModelSource | None = None
+
+    @classmethod
+    def resolved(cls, source: ModelSource, device: str) -> ClipSpec:
+        return cls(source.model, source.pretrained, device, source)
+
+    def resolve(self) -> ModelSource:
+        return self.source or resolve_weights(self.model, self.pretrained)
 
 
 def pick_device(device: str) -> str:
@@ -55,7 +64,7 @@ class ClipEncoder:
     """One OpenCLIP model: uint8 images and strings in, L2-normalised float32 vectors out.
     Images go through the model `chunk` at a time, which bounds the memory of one call."""
 
-    def __init__(self, spec: ClipSpec, num_threads: int | None = None, source: ModelSource | None = None, chunk: int = 256):
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None, chunk: int = 256):
         import open_clip
         import torch
 
@@ -63,7 +72,7 @@ class ClipEncoder:
             raise ValueError(f"chunk must be at least 1 image, got {chunk}")
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.source = source or resolve_weights(spec.model, spec.pretrained)
+        self.source = spec.resolve()
         self.device = pick_device(spec.device)
         # fp16 halves memory traffic on the GPU; CPUs have no fast fp16 path.
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
@@ -158,13 +167,11 @@ class ClipEmbedder:
         self,
         spec: ClipSpec,
         num_threads: int | None = None,
-        source: ModelSource | None = None,
         max_frames_per_call: int = 256,
         keep_pixels: bool = False,
     ):
-        # `source`: weights the driver already resolved (and checksummed), so no actor does it again.
         # The chunk bounds memory for batches of long videos.
-        self.encoder = ClipEncoder(spec, num_threads=num_threads, source=source, chunk=max_frames_per_call)
+        self.encoder = ClipEncoder(spec, num_threads=num_threads, chunk=max_frames_per_call)
         self.keep_pixels = keep_pixels
 
     @property

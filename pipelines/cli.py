@@ -245,8 +245,13 @@ def bank_add(
     """Add images to the hash bank; later ingests block items that match them."""
     from shoplens.pipelines.moderation.bank_add import add_to_bank
     from shoplens.pipelines.store.database import ItemStore
+    from shoplens.safety.heads import load_policy_and_heads
 
-    run_job(lambda: add_to_bank(db, files, category, ItemStore(db).policy(policy)[0]))
+    def job() -> dict:
+        given = load_policy_and_heads(policy)[0] if policy is not None else None  # refused before the database is opened
+        return add_to_bank(db, files, category, given or ItemStore(db).policy()[0])
+
+    run_job(job)
 
 
 @features_app.command("export")

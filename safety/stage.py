@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from shoplens.encoders.clip import ClipEmbedder, ClipSpec
-from shoplens.encoders.weights import ModelSource
 from shoplens.safety.hashbank import HashBank
 from shoplens.safety.heads import EmbeddingHeads
 from shoplens.safety.policy import Policy
@@ -21,10 +20,9 @@ class EmbedAndScore:
         policy: Policy,
         bank: HashBank = HashBank(),
         num_threads: int | None = None,
-        source: ModelSource | None = None,
         heads: EmbeddingHeads | None = None,
     ):
-        self.embedder = ClipEmbedder(spec, num_threads=num_threads, source=source, keep_pixels=True)
+        self.embedder = ClipEmbedder(spec, num_threads=num_threads, keep_pixels=True)
         encoder = self.embedder.encoder
         self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads)
         self.reads = (*self.embedder.reads, *(c for c in self.scorer.reads if c not in self.embedder.adds))

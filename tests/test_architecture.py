@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 
+import shoplens.encoders
 import shoplens.encoders.rows as rows
+import shoplens.pipelines
+import shoplens.safety
 from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import MediaError
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ("pipelines", "safety", "encoders")
+# Where the rooms are imported from: the repository's folders (or a mutation run's copies of them).
+FOLDERS = {room: Path(getattr(shoplens, room).__file__).resolve().parent for room in ROOMS}
 # What each room may not import: doors point pipelines → safety → encoders, and only pipelines
 # knows Ray and LanceDB.
 FORBIDDEN = {
@@ -29,7 +34,13 @@ VOCABULARY = {rows.OK, rows.SKIPPED, *rows.KINDS, *rows.DECISIONS}
 
 
 def modules(*rooms: str) -> list[Path]:
-    return sorted(p for room in rooms or ROOMS for p in (ROOT / room).rglob("*.py"))
+    return sorted(p for room in rooms or ROOMS for p in FOLDERS[room].rglob("*.py"))
+
+
+def name(path: Path) -> str:
+    """`pipelines/store/database.py`: a module's path in the repository."""
+    room = next(r for r in ROOMS if FOLDERS[r] in path.parents)
+    return (Path(room) / path.relative_to(FOLDERS[room])).as_posix()
 
 
 def imported(path: Path) -> set[str]:
@@ -45,18 +56,18 @@ def imported(path: Path) -> set[str]:
 @pytest.mark.parametrize("room", sorted(FORBIDDEN))
 def test_doors_point_one_way(room):
     crossings = {
-        f"{path.relative_to(ROOT)} imports {name}"
+        f"{name(path)} imports {module}"
         for path in modules(room)
-        for name in imported(path)
-        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[room])
+        for module in imported(path)
+        if any(module == f or module.startswith(f + ".") for f in FORBIDDEN[room])
     }
     assert not crossings
 
 
 def test_no_module_outside_the_store_opens_or_queries_a_table():
-    store = ROOT / "pipelines" / "store"
+    store = FOLDERS["pipelines"] / "store"
     found = [
-        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        f"{name(path)}:{n}: {line.strip()}"
         for path in modules()
         if store not in path.parents
         for n, line in enumerate(path.read_text().splitlines(), 1)
@@ -93,7 +104,7 @@ def vocabulary_literals(path: Path) -> list[str]:
             candidates = words(node.value)
         else:
             continue
-        found += [f"{path.relative_to(ROOT)}:{c.lineno}: {c.value!r}" for c in candidates]
+        found += [f"{name(path)}:{c.lineno}: {c.value!r}" for c in candidates]
     return found
 
 
@@ -104,7 +115,7 @@ def test_status_kind_and_decision_words_are_written_only_in_the_row_contract():
 
 def test_the_vocabulary_check_finds_a_literal(tmp_path):
     """The check above can fail: each way of writing a word as a value is found."""
-    path = ROOT / "tests" / "_probe.py"
+    path = FOLDERS["encoders"] / "_probe.py"
     path.write_text(
         'UNSCORED = "unscored"\nif kind == "product": pass\ndef f(kind="live"): pass\nfilters(decision="block")\n'
         'if status in ("ok", "error"): pass\nrow["video"] = {"review": 1}\nSHOWN, KINDS = ["allow"], ("video",)\n'
@@ -126,7 +137,7 @@ def test_a_risk_column_that_is_not_a_category_is_reserved():
 
 
 def test_model_provenance_is_formatted_in_one_place():
-    found = [f"{p.relative_to(ROOT)}" for p in modules() if '"open_clip/' in p.read_text() or 'f"open_clip/' in p.read_text()]
+    found = [f"{name(p)}" for p in modules() if '"open_clip/' in p.read_text() or 'f"open_clip/' in p.read_text()]
     assert found == ["encoders/weights.py"]
 
 
@@ -137,10 +148,12 @@ def test_every_error_a_command_can_be_asked_wrongly_with_is_a_usage_error():
 
     errors = {}
     for path in modules():
-        name = "shoplens." + ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        module = importlib.import_module(name)
+        module_name = "shoplens." + name(path).removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        module = importlib.import_module(module_name)
         errors |= {
-            f"{name}.{n}": c for n, c in inspect.getmembers(module, inspect.isclass) if issubclass(c, Exception) and c.__module__ == name
+            f"{module_name}.{n}": c
+            for n, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, Exception) and c.__module__ == module_name
         }
     assert len(errors) >= 8
     assert {n for n, c in errors.items() if not issubclass(c, UsageError)} == {"shoplens.encoders.media.MediaError"}
@@ -152,9 +165,10 @@ def test_the_wheel_installs_one_name_holding_every_module(tmp_path):
     from setuptools import build_meta
 
     source = tmp_path / "source"
-    for name in (*ROOMS, "pyproject.toml", "README.md", "LICENSE"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile
-        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    for room in ROOMS:
+        shutil.copytree(FOLDERS[room], source / room, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copyfile(ROOT / file, source / file)
     import os
 
     cwd = os.getcwd()
@@ -165,7 +179,7 @@ def test_the_wheel_installs_one_name_holding_every_module(tmp_path):
         os.chdir(cwd)
     names = zipfile.ZipFile(tmp_path / wheel.name).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"shoplens"}
-    shipped = {f"shoplens/{p.relative_to(ROOT).as_posix()}" for p in modules()}
+    shipped = {f"shoplens/{name(p)}" for p in modules()}
     assert shipped <= set(names), sorted(shipped - set(names))
     assert "shoplens/safety/policies/default.yaml" in names
     assert any(n.startswith("shoplens/encoders/model_configs/") and n.endswith(".json") for n in names)

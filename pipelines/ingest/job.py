@@ -193,12 +193,11 @@ def _scored_batches(
         ds,
         EmbedAndScore,
         pools.embed,
-        spec=ClipSpec(config.model, config.pretrained, config.device),
+        spec=ClipSpec.resolved(source, config.device),
         policy=policy,
         heads=heads,
         bank=bank,
         num_threads=pools.embed.threads,
-        source=source,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 

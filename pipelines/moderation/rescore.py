@@ -11,6 +11,7 @@ from shoplens.encoders.rows import OK, PRODUCT
 from shoplens.pipelines.ingest.writer import PendingWrites
 from shoplens.pipelines.store.database import ItemStore, StoreError
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS, frames_schema
+from shoplens.safety.heads import load_policy_and_heads
 
 FETCH_ROWS = 1024
 
@@ -24,6 +25,8 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
     from shoplens.safety.scorer import SafetyScorer
 
     started = time.perf_counter()
+    if policy_path is not None:
+        load_policy_and_heads(policy_path)  # a bad policy or heads file: exit 2 before the database is opened
     store = ItemStore(db)
     policy, heads = store.policy(policy_path)
     model = store.model()

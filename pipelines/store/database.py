@@ -56,6 +56,8 @@ def storage_options(uri: str) -> dict[str, str]:
 
 class ItemStore:
     def __init__(self, uri: str):
+        """Connects (a local database's folder is created): a policy file a command was given is
+        read before, so that a bad one leaves no trace."""
         import lancedb
 
         self.uri = uri
@@ -256,11 +258,13 @@ class ItemStore:
         from shoplens.safety.heads import EmbeddingHeads, load_policy_and_heads
         from shoplens.safety.policy import parse_policy
 
+        if path is not None:
+            return load_policy_and_heads(path)
         newest = self._newest_policy()
-        if path is None and newest is not None:
-            heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
-            return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
-        return load_policy_and_heads(path)
+        if newest is None:
+            return load_policy_and_heads(None)
+        heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
+        return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
 
     def remember_policy(self, policy, heads) -> bool:
         """Stores the policy a job was given, unless it is already the database's newest: later

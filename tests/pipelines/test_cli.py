@@ -96,6 +96,29 @@ def test_usage_errors_exit_2(tmp_path, media_dir, args, message):
         assert last_json(result.stdout)["exit_code"] == 2
 
 
+@pytest.mark.parametrize(
+    "command", [["ingest", "{manifest}"], ["safety", "rescore"], ["safety", "bank", "add", "{image}", "--category", "topk_mean"]]
+)
+def test_a_policy_naming_a_reserved_column_is_refused_with_exit_2_and_the_reason(tmp_path, media_dir, command):
+    """`topk_mean` would name the column risk_topk_mean, which the items table already has."""
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "a", "kind": "product", "image": "coffee.png"}])
+    import yaml
+
+    from shoplens.safety.policy import DEFAULT_POLICY
+
+    shipped = yaml.safe_load(DEFAULT_POLICY.read_text())
+    shipped["categories"]["topk_mean"] = {"review": 0.5, "block": 0.9, "prompts": ["a thing"]}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(shipped))
+    values = {"manifest": manifest, "image": media_dir / "coffee.png"}
+    args = [a.format(**values) for a in command] + ["--db", str(tmp_path / "db"), "--policy", str(policy)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "category 'topk_mean' is reserved: its column risk_topk_mean is another column of the items table" in result.output
+    assert last_json(result.stdout)["exit_code"] == 2
+    assert not (tmp_path / "db").exists()  # refused before anything was opened or written
+
+
 def test_exit_code_1_when_the_job_itself_fails(tmp_path):
     """A database whose data files were lost under it: the command starts, reading fails, and it
     says so in one JSON line with exit code 1 (not a usage error: the flags were right)."""
