@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoplens.encoders.decode import DEFERRED_COLUMNS
+from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.rows import ERROR, OK
 from shoplens.encoders.weights import (
@@ -20,6 +21,8 @@ from shoplens.encoders.weights import (
     register_packaged_configs,
     resolve_weights,
 )
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,19 @@ class ClipSpec:
         return self.source or resolve_weights(self.model, self.pretrained)
 
 
+class DeviceError(UsageError):
+    """A device this host cannot run the model on."""
+
+
 def pick_device(device: str) -> str:
     import torch
 
+    if device not in DEVICES:
+        raise DeviceError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
     return device
 
 
@@ -163,13 +172,7 @@ class ClipEmbedder:
     reads = ("status", "error", "title", "pixels", "pdq", "pdq_quality", *DEFERRED_COLUMNS)
     adds = ("vector", "text_vector", "frame_vectors", "model")
 
-    def __init__(
-        self,
-        spec: ClipSpec,
-        num_threads: int | None = None,
-        max_frames_per_call: int = 256,
-        keep_pixels: bool = False,
-    ):
+    def __init__(self, spec: ClipSpec, num_threads: int | None = None, max_frames_per_call: int = 256, keep_pixels: bool = False):
         # The chunk bounds memory for batches of long videos.
         self.encoder = ClipEncoder(spec, num_threads=num_threads, chunk=max_frames_per_call)
         self.keep_pixels = keep_pixels

@@ -15,14 +15,7 @@ import hashlib
 import numpy as np
 
 from shoplens.encoders.device_decode import decode_on_cpu, jpeg_header
-from shoplens.encoders.media import (
-    ImageLimits,
-    MediaError,
-    check_extension,
-    local_copy,
-    read_media,
-    text_or_none,
-)
+from shoplens.encoders.media import ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
 from shoplens.encoders.rows import ERROR, OK, PRODUCT, SKIPPED
 from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 

@@ -74,11 +74,7 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> JpegHeader:
 
 
 def decode_on_device(
-    images: list[bytes],
-    size: int,
-    device: str,
-    limits: ImageLimits = ImageLimits(),
-    headers: list[tuple[int, int]] | None = None,
+    images: list[bytes], size: int, device: str, limits: ImageLimits = ImageLimits(), headers: list[tuple[int, int]] | None = None
 ) -> DeviceDecoded:
     """Decodes `images` to uint8 [N, 3, size, size] on `device` (centre square, bicubic resize,
     as `encoders.media.decode_image`) and fingerprints each whole picture. JPEGs the device

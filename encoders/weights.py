@@ -70,10 +70,7 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
     config = open_clip.get_model_config(model)
     if config is None:
         raise WeightsError(f"unknown OpenCLIP architecture {model!r}; see open_clip.list_models()")
-    shape = {
-        "image_size": _side(config["vision_cfg"]["image_size"]),
-        "embed_dim": int(config["embed_dim"]),
-    }
+    shape = {"image_size": _side(config["vision_cfg"]["image_size"]), "embed_dim": int(config["embed_dim"])}
     if pretrained == RANDOM:
         return ModelSource(model, pretrained, None, format_provenance(model, f"{RANDOM}-seed{RANDOM_SEED}"), **shape)
     if os.path.isfile(pretrained):

@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shoplens.encoders.rows import LIVE, OK, PRODUCT, UNSCORED, VIDEO
-from shoplens.encoders.weights import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    RANDOM,
-    WeightsError,
-    resolve_weights,
-)
+from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, WeightsError, resolve_weights
 
 log = logging.getLogger("shoplens")
 

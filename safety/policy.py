@@ -11,14 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoplens.encoders.errors import UsageError
-from shoplens.encoders.rows import (
-    ALLOW,
-    BLOCK,
-    RESERVED_CATEGORIES,
-    REVIEW,
-    UNSCORED,
-    risk_column,
-)
+from shoplens.encoders.rows import ALLOW, BLOCK, RESERVED_CATEGORIES, REVIEW, UNSCORED, risk_column
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 PIXEL_MODEL_NAMES = ("open_nsfw", "image_safety_s")

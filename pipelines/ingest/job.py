@@ -20,19 +20,9 @@ from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.rows import ERROR, OK, SKIPPED
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
-from shoplens.encoders.weights import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    ModelSource,
-    resolve_weights,
-)
+from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSource, resolve_weights
 from shoplens.pipelines.ingest.manifest import read_manifest
-from shoplens.pipelines.ingest.ray_adapter import (
-    apply_stage,
-    cluster_resources,
-    init_ray,
-    plan_pools,
-)
+from shoplens.pipelines.ingest.ray_adapter import apply_stage, cluster_resources, init_ray, plan_pools
 from shoplens.pipelines.ingest.writer import PendingWrites
 from shoplens.pipelines.moderation.bank_add import block_stored_matches
 from shoplens.pipelines.store.database import ItemStore

@@ -10,14 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from shoplens.encoders.media import text_or_none
-from shoplens.encoders.rows import (
-    OK,
-    PRODUCT,
-    UNSCORED,
-    VIDEO_KINDS,
-    is_category_risk,
-    risk_column,
-)
+from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, VIDEO_KINDS, is_category_risk, risk_column
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import METADATA_FIELDS, SAFETY_FIELDS
 

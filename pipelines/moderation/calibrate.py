@@ -38,8 +38,8 @@ def calibrate(db: str, target_precision: float = 0.9, review_precision: float = 
     labelled = store.read(LABELS, ["item_id", "category", "violating"]).to_pylist()
     ids = sorted({row["item_id"] for row in labelled})
     columns = ["item_id", "model", "vector", "signal_scores", *map(risk_column, policy.names)]
-    fetched = store.read(ITEMS, columns, item_ids=ids, status=OK).to_pylist()
-    rows = {r["item_id"]: dict.fromkeys(columns) | r for r in fetched if r["vector"] is not None and r["signal_scores"]}
+    fetched = (dict.fromkeys(columns) | r for r in store.read(ITEMS, columns, item_ids=ids, status=OK).to_pylist())
+    rows = {r["item_id"]: r for r in fetched if r["vector"] is not None and r["signal_scores"]}
     ids = sorted(rows)
     models = {rows[i]["model"] for i in ids}
     if len(models) > 1:

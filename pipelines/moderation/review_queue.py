@@ -17,24 +17,12 @@ import pyarrow as pa
 
 from shoplens.encoders.decode import MAX_VIDEO_BYTES
 from shoplens.encoders.errors import UsageError
-from shoplens.encoders.media import (
-    ImageLimits,
-    MediaError,
-    load_image,
-    local_copy,
-    read_media,
-)
+from shoplens.encoders.media import ImageLimits, MediaError, load_image, local_copy, read_media
 from shoplens.encoders.rows import BLOCK, OK, PRODUCT, REVIEW, UNSCORED, risk_column
 from shoplens.encoders.video import frame_at
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import ITEMS
-from shoplens.safety.review_format import (
-    ReviewFormatError,
-    labeling_config,
-    labels_from_csv,
-    labels_from_label_studio,
-    task,
-)
+from shoplens.safety.review_format import ReviewFormatError, labeling_config, labels_from_csv, labels_from_label_studio, task
 
 EVIDENCE_SIDE = 512
 FETCH_ROWS = 512  # queued items read (and written out) at a time: memory does not grow with the queue
@@ -78,7 +66,8 @@ def export_queue(
 
     started = time.perf_counter()
     store = ItemStore(db)
-    stored = store.schema(ITEMS).names
+    items = store.snapshot(ITEMS)  # one version throughout: what changes meanwhile waits for the next export
+    stored = items.schema.names
     policy, _ = store.policy()
     names = [c for c in policy.names if risk_column(c) in stored]
     unknown = set(categories or []) - set(names)
@@ -94,7 +83,7 @@ def export_queue(
     present = [*ITEM_FIELDS, *map(risk_column, names)]
 
     # The queue's order needs only ids and risks; whole rows are read a chunk at a time.
-    keys = store.read(ITEMS, ["item_id", "risk", *map(risk_column, names)], decision=decisions, status=OK)
+    keys = items.read(["item_id", "risk", *map(risk_column, names)], decision=decisions, status=OK)
     if categories:
         wanted = np.zeros(keys.num_rows, bool)
         for c in categories:
@@ -132,7 +121,7 @@ def export_queue(
         tasks.write("[")
         for start in range(0, len(order), FETCH_ROWS):
             chunk = order[start : start + FETCH_ROWS]
-            fetched = store.read(ITEMS, present, item_ids=chunk)
+            fetched = items.read(present, item_ids=chunk)
             by_id = {row["item_id"]: dict.fromkeys(ITEM_FIELDS) | row for row in fetched.to_pylist()}
             rows = []
             for priority, item_id in enumerate(chunk, start=start + 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ from shoplens.encoders.errors import UsageError
 from shoplens.encoders.media import ImageLimits, MediaError, decode_image, read_media
 from shoplens.encoders.rows import ALLOW, BLOCK, OK, PRODUCT, REVIEW, UNSCORED
 from shoplens.encoders.weights import WeightsError
-from shoplens.pipelines.store.database import ItemStore, StoreError
+from shoplens.pipelines.store.database import ItemStore, StoreError, embedding_model
 from shoplens.pipelines.store.indexes import QueryTuning
 from shoplens.pipelines.store.schemas import FRAMES, ITEMS
+from shoplens.pipelines.store.snapshot import TableSnapshot
 
 FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
 RESULT_COLUMNS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "risk", "decision", "dup_count")
@@ -92,7 +94,7 @@ class Searcher:
         self.store = ItemStore(db)
         try:
             self.snapshot = self.store.snapshot(ITEMS)
-            self.model = self.store.model()
+            self.model = embedding_model(self.snapshot)
         except StoreError as e:  # no table, or one of mixed models: nothing this query can search
             raise SearchError(str(e)) from None
         self.tuning = tuning
@@ -114,6 +116,11 @@ class Searcher:
             except WeightsError as e:
                 raise SearchError(str(e)) from None
         return self._encoder
+
+    @cached_property
+    def frames(self) -> TableSnapshot | None:
+        """The `frames` table as it was when first read (None when there is none)."""
+        return self.store.snapshot(FRAMES) if self.store.has(FRAMES) else None
 
     def by_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters(), field: str = "image") -> list[dict]:
         if not text.strip():
@@ -141,7 +148,7 @@ class Searcher:
         return self.nearest(self.encoder.encode_images(pixels[None])[0], k, filters)
 
     def by_item(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
-        rows = self.store.read(ITEMS, ["vector", "status", "error"], item_ids=[item_id]).to_pylist()
+        rows = self.snapshot.read(["vector", "status", "error"], item_ids=[item_id]).to_pylist()
         if not rows:
             raise SearchError(f"--item {item_id!r}: no such item")
         if rows[0]["vector"] is None:
@@ -152,7 +159,7 @@ class Searcher:
     def by_video(self, item_id: str, k: int = 10, filters: SearchFilters = SearchFilters(kind=PRODUCT)) -> list[dict]:
         """Shop the video: the items nearest to any of a video's frames, each with the time
         (`timestamp_s`) of the frame it matched best."""
-        frames = self.store.read(FRAMES, ["vector", "timestamp_s"], item_ids=[item_id]).to_pylist()
+        frames = self.frames.read(["vector", "timestamp_s"], item_ids=[item_id]).to_pylist() if self.frames else []
         if not frames:
             raise SearchError(f"--video {item_id!r}: no sampled frames (not an ingested video or live segment)")
         best: dict[str, dict] = {}

@@ -28,13 +28,13 @@ from shoplens.pipelines.store.schemas import (
     items_schema,
     keyed,
 )
+from shoplens.pipelines.store.snapshot import TableSnapshot
 
 # What an unchanged item must match, besides its media bytes, to be skipped on a re-run.
 SKIP_KEY_FIELDS = ("model", "kind", "title", "category", "seller_id", "media_uri", "frames")
 # What `mark_unchanged` adds to each manifest row from an earlier run's row.
 KNOWN_SCHEMA = pa.schema([(name, pa.string()) for name in ("item_id", "known_sha256", "known_status", "known_error")])
 OPEN_ATTEMPTS = 3
-READ_IDS = 1024  # item ids per typed `isin` read
 
 
 class StoreError(UsageError):
@@ -85,33 +85,10 @@ class ItemStore:
         return table.count_rows(f"{not_null} IS NOT NULL")
 
     def read(self, name: str, columns: list[str], item_ids: list[str] | None = None, **equal) -> pa.Table:
-        """The `columns` that table `name` has (an older table lacks some), of the rows whose
-        `item_id` is one of `item_ids` (when given) and whose columns in `equal` hold the value
-        given (a list: one of its values). Typed expressions only. An empty table when the
-        database has no such table."""
-        from lancedb.expr import col, lit
-
+        """`TableSnapshot.read` of table `name`'s newest version; an empty table when the database
+        has no such table. A command that reads a table more than once takes a `snapshot`."""
         table = self.existing(name)
-        if table is None:
-            return pa.table({})
-        present = [c for c in dict.fromkeys(columns) if c in table.schema.names]
-        where = None
-        for column, value in equal.items():
-            term = col(column).isin(list(value)) if isinstance(value, (list, tuple)) else col(column) == lit(value)
-            where = term if where is None else where & term
-        if item_ids is None:
-            return self._query(table, where, present)
-        ids = list(dict.fromkeys(item_ids))
-        parts = [pa.schema([table.schema.field(c) for c in present]).empty_table()]
-        for start in range(0, len(ids), READ_IDS):
-            term = col("item_id").isin(ids[start : start + READ_IDS])
-            parts.append(self._query(table, term if where is None else where & term, present))
-        return pa.concat_tables(parts)
-
-    @staticmethod
-    def _query(table, where, columns: list[str]) -> pa.Table:
-        query = table.search()
-        return (query if where is None else query.where(where)).select(columns).limit(None).to_arrow()
+        return pa.table({}) if table is None else TableSnapshot(table).read(columns, item_ids, **equal)
 
     def scan(self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Table `name` a batch at a time (memory stays flat however large it is): `columns` it has
@@ -123,17 +100,11 @@ class ItemStore:
         yield from table.to_lance().to_batches(columns=present, batch_size=batch_rows)
 
     def model(self) -> str | None:
-        """The one model the embedded items were made with (None before any); a StoreError for a
-        table of mixed models, whose vectors cannot be compared."""
-        models = set(self.read(ITEMS, ["model"], status=OK)["model"].to_pylist()) if self.has(ITEMS) else set()
-        if len(models) > 1:
-            raise StoreError(f"the table mixes models {sorted(models)}: re-ingest it with one model before searching")
-        return next(iter(models), None)
+        """`embedding_model` of the newest `items` (None when there is no table)."""
+        return embedding_model(self.snapshot(ITEMS)) if self.has(ITEMS) else None
 
-    def snapshot(self, name: str = ITEMS):
-        """One version of table `name`, for many queries (search); a StoreError when there is none."""
-        from shoplens.pipelines.store.snapshot import TableSnapshot
-
+    def snapshot(self, name: str = ITEMS) -> TableSnapshot:
+        """One version of table `name`, for many reads; a StoreError when there is none."""
         return TableSnapshot(self._required(name))
 
     def _required(self, name: str):
@@ -390,6 +361,15 @@ class ItemStore:
             .when_not_matched_by_source_delete(of_these)
             .execute(rows.cast(keyed(rows.schema, FRAMES)))
         )
+
+
+def embedding_model(items: TableSnapshot) -> str | None:
+    """The one model the embedded items were made with (None before any); a StoreError for a
+    table of mixed models, whose vectors cannot be compared."""
+    models = set(items.read(["model"], status=OK)["model"].to_pylist())
+    if len(models) > 1:
+        raise StoreError(f"the table mixes models {sorted(models)}: re-ingest it with one model before searching")
+    return next(iter(models), None)
 
 
 def _drop_duplicate_keys(table, key: tuple[str, ...]) -> None:

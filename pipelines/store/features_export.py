@@ -6,11 +6,7 @@ from pathlib import Path
 
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import ITEMS, items_schema
-from shoplens.safety.ranking_features import (
-    FEATURE_SCHEMA_VERSION,
-    feature_batch,
-    feature_columns,
-)
+from shoplens.safety.ranking_features import FEATURE_SCHEMA_VERSION, feature_batch, feature_columns
 
 
 def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:

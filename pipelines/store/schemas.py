@@ -13,19 +13,7 @@ HASH_BANK = "hash_bank"
 POLICIES = "policies"
 LABELS = "labels"
 # `note` (what was capped or cut short) and `frames` (the video's sampling) extend the design's columns.
-METADATA_FIELDS = (
-    "item_id",
-    "kind",
-    "title",
-    "category",
-    "seller_id",
-    "media_uri",
-    "media_sha256",
-    "status",
-    "error",
-    "note",
-    "frames",
-)
+METADATA_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames")
 
 # Safety columns besides `risk_<category>` (see safety.scorer): written as the scorer made them.
 SAFETY_FIELDS = (

@@ -112,3 +112,20 @@ def test_embed_stage_passes_failed_rows_through(micro_encoder, photos):
 def test_embed_stage_constructor_loads_the_model():
     stage = ClipEmbedder(MICRO, num_threads=1)
     assert stage.encoder.provenance == "open_clip/shoplens-micro/random-seed0"
+
+
+def test_a_device_the_host_cannot_run_is_a_usage_error():
+    import torch
+
+    from shoplens.encoders.clip import pick_device
+    from shoplens.encoders.errors import UsageError
+
+    with pytest.raises(UsageError, match="--device must be one of auto, cpu, cuda, not 'tpu'"):
+        pick_device("tpu")
+    assert pick_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        assert pick_device("cuda") == pick_device("auto") == "cuda"
+    else:
+        with pytest.raises(UsageError, match="torch sees no CUDA device"):
+            pick_device("cuda")
+        assert pick_device("auto") == "cpu"

@@ -4,11 +4,7 @@ import json
 
 import pytest
 
-from shoplens.safety.review_format import (
-    FROM_NAME,
-    ReviewFormatError,
-    labels_from_label_studio,
-)
+from shoplens.safety.review_format import FROM_NAME, ReviewFormatError, labels_from_label_studio
 
 CATEGORIES = ["sexual", "violence"]
 

@@ -5,15 +5,7 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import (
-    MICRO,
-    PIXEL_POLICY,
-    SAMPLE_PHOTOS,
-    bad_media,
-    photo_bytes,
-    ray_job,
-    write_manifest,
-)
+from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, bad_media, photo_bytes, ray_job, write_manifest
 
 from shoplens.encoders.media import decode_image
 from shoplens.encoders.phash import hamming, hash_bytes

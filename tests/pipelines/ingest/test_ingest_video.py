@@ -5,14 +5,7 @@ import shutil
 import lancedb
 import numpy as np
 import pytest
-from conftest import (
-    MICRO,
-    PIXEL_POLICY,
-    sample_photo,
-    sample_video,
-    shots_video,
-    write_video,
-)
+from conftest import MICRO, PIXEL_POLICY, sample_photo, sample_video, shots_video, write_video
 
 from shoplens.encoders.video import FrameSampling, sample_frames
 from shoplens.pipelines.ingest.job import IngestConfig, ingest

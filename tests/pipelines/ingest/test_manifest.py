@@ -141,13 +141,7 @@ def test_file_uris_are_held_to_the_media_root(tmp_path, media_dir):
 
 @pytest.mark.parametrize(
     "root, prefix",
-    [
-        ("s3://shop", ""),
-        ("s3://shop/", ""),
-        ("s3://shop/cat", "/cat"),
-        ("gs://shop/cat//", "/cat"),
-        ("s3://shop/BOX/", "/BOX"),
-    ],
+    [("s3://shop", ""), ("s3://shop/", ""), ("s3://shop/cat", "/cat"), ("gs://shop/cat//", "/cat"), ("s3://shop/BOX/", "/BOX")],
 )
 def test_a_remote_media_root_takes_only_relative_paths_inside_it(tmp_path, root, prefix):
     """A local manifest with an `s3://` / `gs://` media root: relative paths become keys under

@@ -60,10 +60,7 @@ def catalog(tmp_path_factory):
         ],
     )
     second = write_manifest(
-        root / "second.csv",
-        [
-            {"item_id": "carphone", "kind": "video", "title": "Call", "video": "carphone.mp4", "frames": "uniform:3"},
-        ],
+        root / "second.csv", [{"item_id": "carphone", "kind": "video", "title": "Call", "video": "carphone.mp4", "frames": "uniform:3"}]
     )
     db = root / "db"
     v1 = policy_file(root / "v1.yaml", "custom-1", ["sexual", "violence"])

@@ -18,15 +18,17 @@ from shoplens.safety.stage import EmbedAndScore
 
 
 def run_declared(stage, batch: dict) -> dict:
-    """`stage(batch)`, checked against the stage's declaration."""
+    """`stage` given only the columns it declares it reads (reading any other fails), its output
+    checked against what it declares it adds and drops; returns `batch` as the stage leaves it."""
     missing = set(stage.reads) - set(batch)
     assert not missing, f"{type(stage).__name__} reads {sorted(missing)}, which no earlier stage made"
-    out = stage(batch)
-    expected = (set(batch) | set(stage.adds)) - set(stage.drops)
+    given = {k: batch[k] for k in stage.reads}
+    out = stage(given)
+    expected = (set(given) | set(stage.adds)) - set(stage.drops)
     assert set(out) == expected, (
         f"{type(stage).__name__} added {sorted(set(out) - expected)} undeclared, left out {sorted(expected - set(out))} it declares"
     )
-    return out
+    return {k: v for k, v in batch.items() if k not in stage.drops} | out
 
 
 @pytest.fixture(scope="module")

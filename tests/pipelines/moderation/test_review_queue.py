@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import (
@@ -510,3 +511,34 @@ def test_a_table_from_an_earlier_version_is_exported_or_refused_clearly(tmp_db, 
     lancedb.connect(unscored_era).create_table(ITEMS, rows.select(["item_id", "kind", "title", "status", "vector", "model"]))
     code, summary, _ = exported(unscored_era, tmp_path / "q2")
     assert code == 2 and "holds no decisions yet" in summary["error"]
+
+
+def test_an_export_is_the_queue_as_it_was_when_it_started(queue_db, tmp_path, monkeypatch):
+    """Other jobs commit while a long export runs (here, between its chunks: a rescore allows the
+    second item, a bank match blocks the third): the export reads one version of the table
+    throughout, and is the queue as it stood when it began, whole."""
+    from shoplens.encoders.rows import ALLOW, BLOCK
+    from shoplens.pipelines.moderation import review_queue
+    from shoplens.pipelines.store.database import ItemStore
+    from shoplens.pipelines.store.schemas import ITEMS
+
+    _, _, items = queue_db
+    db = tmp_path / "db"
+    shutil.copytree(queue_db[0], db)
+    expected = ranked(items, lambda r: r["decision"] == "review")
+    monkeypatch.setattr(review_queue, "FETCH_ROWS", 1)  # one item per read
+    evidence = review_queue._evidence
+
+    def evidence_while_others_commit(item, folder):
+        if item["item_id"] == expected[0]:
+            store = ItemStore(str(db))
+            store.update_columns(store.existing(ITEMS), pa.table({"item_id": [expected[1]], "decision": [ALLOW]}))
+            store.block_items({expected[2]: "entry"}, {"entry": "sexual"}, BLOCK)
+        return evidence(item, folder)
+
+    monkeypatch.setattr(review_queue, "_evidence", evidence_while_others_commit)
+    code, summary, tasks = exported(str(db), tmp_path / "q")
+    assert code == 0, summary
+    assert [t["data"]["item_id"] for t in tasks] == expected and {t["data"]["decision"] for t in tasks} == {"review"}
+    assert (summary["queued"], summary["review"], summary["block"]) == (len(expected), len(expected), 0)
+    assert items_of(str(db))[expected[1]]["decision"] == ALLOW  # the commits landed: the next export sees them

@@ -80,3 +80,13 @@ def test_hybrid_cli(db):
     ids = [r["item_id"] for r in json.loads(result.stdout.strip().splitlines()[-1])["results"]]
     assert ids[0] == "both" and "keyword" in ids
     assert CliRunner().invoke(app, ["search", "--db", db, "--item", "both", "--hybrid"]).exit_code == 2
+
+
+def test_keyword_search_finds_the_full_text_index_beside_another_index_on_titles(db):
+    """A second index on `title` (an operator's BTREE for exact lookups) leaves the full-text
+    index in place, and keyword and hybrid search use it."""
+    build_indexes(db, log=lambda line: None)
+    lancedb.connect(db).open_table(ITEMS).create_scalar_index("title", index_type="BTREE")
+    searcher = Searcher(db, device="cpu")
+    assert {h["item_id"] for h in searcher.by_keywords(QUERY, k=5)} == {"both", "keyword"}
+    assert searcher.hybrid(QUERY, k=5)[0]["item_id"] == "both"

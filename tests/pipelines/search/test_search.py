@@ -7,15 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import (
-    MICRO,
-    PIXEL_POLICY,
-    SAMPLE_PHOTOS,
-    photo_bytes,
-    ray_job,
-    sample_photo,
-    write_manifest,
-)
+from conftest import MICRO, PIXEL_POLICY, SAMPLE_PHOTOS, photo_bytes, ray_job, sample_photo, write_manifest
 from typer.testing import CliRunner
 
 from shoplens.encoders.weights import WeightsError, query_weights
