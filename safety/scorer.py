@@ -154,7 +154,8 @@ class SafetyScorer:
             per_item["frame_risks"][i] = frame_risks[mine]
             per_item["frame_hash_match"][i] = frame_hash_match[mine]
             per_item["frame_signal_scores"][i] = frame_scores[mine]
-            item_raw = {name: values[mine].max(axis=0, keepdims=True) for name, values in raw.items()}
+            # An item without frames (a stored video whose frames are gone) has no frame outputs.
+            item_raw = {name: values[mine].max(axis=0, keepdims=True) for name, values in raw.items() if starts[k + 1] > starts[k]}
             if i in title_row:
                 item_raw |= {name: values[title_row[i]][None] for name, values in title_raw.items()}
             signal_scores[i] = self._scores_json(item_raw, 0)

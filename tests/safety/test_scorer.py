@@ -59,10 +59,15 @@ def test_a_signal_that_fails_for_one_item_leaves_it_unscored(decoded, micro_enco
     batch = dict(decoded)
     batch["pixels"] = objects(list(decoded["pixels"]))
     batch["pixels"][1] = np.zeros((1, 0, 0, 3), np.uint8)  # a frame the pixel models cannot take
-    out = SafetyScorer(load_policy(), micro_encoder.encode_texts, micro_encoder.provenance, num_threads=1)(batch)
+    scorer = SafetyScorer(load_policy(), micro_encoder.encode_texts, micro_encoder.provenance, num_threads=1)
+    out = scorer(batch)
     assert list(out["decision"] == UNSCORED) == [False, True, False]
-    assert "safety signal open_nsfw failed" in out["safety_error"][1] and np.isnan(out["risk"][1])
-    assert np.isfinite(out["risk"][[0, 2]]).all()
+    assert out["safety_error"][1].startswith("safety signal open_nsfw failed: ValueError: ") and np.isnan(out["risk"][1])
+    # The batch call failed, so the items were scored one by one: each good item has its own risks.
+    clean = scorer(decoded)
+    for key in ("risk", "frame_risks", "signal_scores"):
+        for i in (0, 2):
+            np.testing.assert_array_equal(out[key][i], clean[key][i])
 
 
 def test_items_that_failed_to_ingest_are_unscored(decoded, micro_encoder):
@@ -343,3 +348,57 @@ def test_a_policy_with_no_signal_for_a_category_leaves_every_item_unscored(tmp_p
     out = SafetyScorer(policy, lambda texts: np.eye(3)[: len(texts)], "hand-made-none")(stored_batch([None] * 2, frame=1))
     assert list(out["decision"]) == [UNSCORED, UNSCORED] and np.isnan(out["risk"]).all()
     assert list(out["safety_error"]) == ["no safety signal scored every category"] * 2
+
+
+def frame_heads_policy(tmp_path, fields: list[str], review: float = 0.4) -> SafetyScorer:
+    """`weapons` scored on frames by hand-made heads (e0 0.2, e1 0.9, e2 0.5) and, like `sexual`,
+    by the prompt bank on `fields` (a frame or title embedding like no prompt gives exactly 0.5)."""
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    weights = np.array([[logit(0.2), logit(0.9), 0.0, 0.0]])
+    EmbeddingHeads(["weapons"], weights, np.zeros(1), "hand-made").save(tmp_path / "heads.npz")
+    (tmp_path / "policy.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": "frames-1",
+                "heads": "heads.npz",
+                "aggregation": {"top_k": 2},
+                "prompt_bank": {"logit_scale": 100.0, "fields": fields, "benign": ["a product"]},
+                "categories": {
+                    "weapons": {"review": review, "block": 0.95, "prompts": ["a gun"]},
+                    "sexual": {"review": 0.4, "block": 0.95, "prompts": ["nudity"]},
+                },
+            }
+        )
+    )
+    embed = {"a product": 0, "a gun": 2, "nudity": 3}
+    return SafetyScorer(load_policy(tmp_path / "policy.yaml"), lambda texts: np.eye(4)[[embed[t] for t in texts]], "hand-made")
+
+
+def video(frames: list[int], title_vector: int = 0) -> dict:
+    e = np.eye(4, dtype=np.float32)
+    return {
+        "status": objects([OK]),
+        "kind": objects(["video"]),
+        "title": objects(["a title"]),
+        "frame_vectors": objects([e[frames].reshape(-1, 4)]),
+        "text_vector": e[[title_vector]],
+        "pdq": objects([objects([None] * len(frames))]),
+        "pdq_quality": objects([np.full(len(frames), -1)]),
+        "timestamp_s": objects([np.arange(len(frames), dtype=np.float32)]),
+    }
+
+
+def test_a_frame_at_exactly_the_review_threshold_counts_as_reaching_it(tmp_path):
+    scorer = frame_heads_policy(tmp_path, ["title"], review=0.5)
+    out = scorer(video([0, 2, 2]))  # weapons 0.2, 0.5, 0.5
+    assert out["frames_over_review"][0] == 2 and out["risk_weapons"][0] == 0.5 and out["decision"][0] == REVIEW
+
+
+def test_a_video_without_frames_is_unscored_saying_so_and_the_batch_goes_on(tmp_path):
+    """A stored video whose frames rows are gone (what rescore reads) beside one that has them."""
+    scorer = frame_heads_policy(tmp_path, ["image", "title"])
+    first, second = video([]), video([0, 1])
+    out = scorer({k: objects([first[k][0], second[k][0]]) if k != "text_vector" else np.vstack([first[k], second[k]]) for k in first})
+    assert out["decision"][0] == UNSCORED and out["safety_error"][0] == "no frames to score" and np.isnan(out["risk"][0])
+    assert out["frame_risks"][0].shape == (0, 2) and set(json.loads(out["signal_scores"][0])) == {"title_prompt_bank"}
+    assert out["safety_error"][1] is None and out["risk_weapons"][1] == pytest.approx(0.9)
