@@ -168,3 +168,29 @@ def test_a_remote_media_root_takes_only_relative_paths_inside_it(tmp_path, root,
         assert got[item_id]["error"] == f"path {images[item_id]!r} is not a relative path inside the remote media root {root}"
     if not prefix:  # `..` cannot leave a whole bucket: it stays at its top
         assert got["climbs"]["media_uri"] == root.rstrip("/") + "/a.jpg"
+
+
+def test_rows_after_a_rejected_one_are_still_read_and_each_bad_cell_is_its_rows_error(tmp_path, media_dir):
+    """The cases at the edges of the path and sampling rules: a bucket-less `s3:///key`; a
+    two-letter scheme; a one-letter one, which is a file name with a colon (a Windows drive, on
+    Windows), inside the root; a sampling spec that does not parse. Rows after a duplicate and
+    after a row without an id are read on."""
+    shutil.copyfile(media_dir / "coffee.png", media_dir / "c:cup.png")
+    rows = [
+        {"item_id": "a", "kind": "product", "image": "coffee.png"},
+        {"item_id": "a", "kind": "product", "image": "coffee.png"},
+        {"item_id": "no-bucket", "kind": "product", "image": "s3:///key.jpg"},
+        {"item_id": "", "kind": "product", "image": "coffee.png"},
+        {"item_id": "two-letters", "kind": "product", "image": "ab://host/x.jpg"},
+        {"item_id": "drive-letter", "kind": "product", "image": "c:cup.png"},
+        {"item_id": "bad-frames", "kind": "video", "video": "clip.mp4", "frames": "every:3"},
+    ]
+    manifest = read_manifest(write_manifest(tmp_path / "m.csv", rows), media_dir)
+    got = {r["item_id"]: r for r in manifest.rows.to_pylist()}
+    assert list(got) == ["a", "no-bucket", "two-letters", "drive-letter", "bad-frames"]
+    assert [r["row"] for r in manifest.rejected] == [2, 4]
+    assert got["no-bucket"]["error"] == "'s3:///key.jpg' is not a s3://bucket/key URI"
+    assert got["two-letters"]["error"] == "scheme 'ab://' is not allowed: use a local path, file://, s3:// or gs://"
+    assert (got["drive-letter"]["status"], got["drive-letter"]["media_uri"]) == ("ok", str(media_dir / "c:cup.png"))
+    assert got["bad-frames"]["status"] == "error" and got["bad-frames"]["error"].startswith("frames: ")
+    assert got["bad-frames"]["frames"] == "every:3"  # kept as given, so that the row says what was wrong
