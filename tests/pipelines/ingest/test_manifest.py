@@ -194,3 +194,17 @@ def test_rows_after_a_rejected_one_are_still_read_and_each_bad_cell_is_its_rows_
     assert (got["drive-letter"]["status"], got["drive-letter"]["media_uri"]) == ("ok", str(media_dir / "c:cup.png"))
     assert got["bad-frames"]["status"] == "error" and got["bad-frames"]["error"].startswith("frames: ")
     assert got["bad-frames"]["frames"] == "every:3"  # kept as given, so that the row says what was wrong
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".json", ".JSONL"])
+def test_json_lines_under_each_of_their_names_are_read(tmp_path, media_dir, suffix):
+    write_manifest(tmp_path / "m.jsonl", ROWS).rename(tmp_path / f"m{suffix}")
+    rows = read_manifest(tmp_path / f"m{suffix}", media_dir).rows
+    assert rows.column("item_id").to_pylist() == [r["item_id"] for r in ROWS]
+
+
+def test_a_manifest_without_an_extension_is_refused_saying_so(tmp_path):
+    (tmp_path / "catalog").write_text("item_id,kind,image\na,product,x.jpg\n")
+    with pytest.raises(ManifestError) as refused:
+        read_manifest(tmp_path / "catalog")
+    assert str(refused.value) == f"{tmp_path / 'catalog'}: manifest must be .csv, .jsonl or .parquet, not 'no extension'"
