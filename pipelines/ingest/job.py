@@ -106,8 +106,8 @@ def ingest(
     manifest = read_manifest(config.manifest, config.media_root, config.frames)
     if on_total:
         on_total(manifest.rows.num_rows)
-    if config.policy is not None:
-        load_policy_and_heads(config.policy)  # a bad policy or heads file: exit 2 before Ray starts
+    # A policy file given is read (and a bad one refused, exit 2) before Ray starts.
+    given = load_policy_and_heads(config.policy) if config.policy is not None else None
     # Importing OpenCLIP (torch) and starting Ray take seconds each: do them at once. Ray starts
     # before LanceDB is opened, so that no process forks from a driver running LanceDB's threads.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -115,7 +115,7 @@ def ingest(
         init_ray(config.ray_address)
         source = resolving.result()
     store = ItemStore(config.db)
-    policy, heads = store.policy(config.policy)
+    policy, heads = given or store.policy()
     if heads is not None:
         heads.check_fits(source.provenance, source.embed_dim)
     table = store.items(source.embed_dim, policy.names)

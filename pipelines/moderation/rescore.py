@@ -25,10 +25,10 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
     from shoplens.safety.scorer import SafetyScorer
 
     started = time.perf_counter()
-    if policy_path is not None:
-        load_policy_and_heads(policy_path)  # a bad policy or heads file: exit 2 before the database is opened
+    # A policy file given is read (and a bad one refused, exit 2) before the database is opened.
+    given = load_policy_and_heads(policy_path) if policy_path is not None else None
     store = ItemStore(db)
-    policy, heads = store.policy(policy_path)
+    policy, heads = given or store.policy()
     model = store.model()
     if model is None:
         raise StoreError(f"{db}: the table holds no embedded item yet: nothing to rescore")

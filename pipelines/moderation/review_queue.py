@@ -219,7 +219,7 @@ def import_labels(db: str, path: Path) -> dict:
     else:
         raise ReviewFormatError(f"{path}: decisions come as a Label Studio export (.json) or a CSV (.csv)")
     ids = sorted({label.item_id for label in labels})
-    known = set(store.read(ITEMS, ["item_id"], item_ids=ids)["item_id"].to_pylist()) if ids else set()
+    known = set(store.read(ITEMS, ["item_id"], item_ids=ids)["item_id"].to_pylist())
     unknown = [i for i in ids if i not in known]
     kept = [label for label in labels if label.item_id in known]
     rows = pa.table(

@@ -24,14 +24,17 @@ class TableSnapshot:
             self._indexes = list(self._table.list_indices())
         return self._indexes
 
+    def _ann_index(self, column: str):
+        return next((i for i in self._listed() if i.columns == [column] and i.index_type.startswith("Ivf")), None)
+
     def ann_index_type(self, column: str) -> str | None:
         """The type of `column`'s ANN index (IVF_PQ, ...), or None when it is searched exactly."""
-        return next((i.index_type for i in self._listed() if i.columns == [column] and i.index_type.startswith("Ivf")), None)
+        index = self._ann_index(column)
+        return index and index.index_type
 
     def prewarm_ann_index(self, column: str) -> None:
         """Loads `column`'s ANN index into memory now, not on the first query."""
-        index = next(i for i in self._listed() if i.columns == [column] and i.index_type.startswith("Ivf"))
-        self._dataset.prewarm_index(index.name)
+        self._dataset.prewarm_index(self._ann_index(column).name)
 
     def has_full_text_index(self, column: str) -> bool:
         return any(i.columns == [column] and i.index_type == "FTS" for i in self._listed())
