@@ -135,7 +135,7 @@ def main() -> None:
 
     from shoplens.encoders.weights import resolve_weights
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
-    from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
+    from shoplens.pipelines.ingest.ray_adapter import plan_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -157,7 +157,7 @@ def main() -> None:
 
         import ray
 
-        pools = plan_pools(*cluster_resources(), device=args.device)
+        pools = plan_cluster(args.device)
         ray.shutdown()  # free the cores the pipeline's actors held
         device = "cuda" if pools.embed.num_gpus else "cpu"
         model_only, embed_only, image_tower = model_only_rates(

@@ -123,7 +123,7 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
     import ray
 
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
-    from shoplens.pipelines.ingest.ray_adapter import cluster_resources, plan_pools
+    from shoplens.pipelines.ingest.ray_adapter import plan_cluster
     from shoplens.pipelines.store.database import ItemStore
     from shoplens.pipelines.store.schemas import FRAMES
 
@@ -140,7 +140,7 @@ def timed_ingest(videos: int, model: str, pretrained: str, device: str):
         summary = ingest(config)
         assert summary.ok == videos, summary
         frames = ItemStore(config.db).count(FRAMES)
-        pools = plan_pools(*cluster_resources(), device=device)
+        pools = plan_cluster(device)
         ray.shutdown()
     return frames, summary.seconds, summary.model, pools
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from shoplens.encoders.weights import (
     resolve_weights,
 )
 
+log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -53,7 +55,8 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
+        # Also where Ray gave this process a GPU that CUDA cannot initialise: never a silent CPU run.
+        raise DeviceError("--device cuda was asked for (or a GPU was given to this process), but torch sees no CUDA device")
     return device
 
 
@@ -83,9 +86,7 @@ class ClipEncoder:
             torch.set_num_threads(num_threads)
         self.source = spec.resolve()
         self.device = pick_device(spec.device)
-        # fp16 halves memory traffic on the GPU; CPUs have no fast fp16 path.
-        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.model = _build_model(self.source).to(self.device, self.dtype).eval()
+        self.model = _build_model(self.source).to(self.device).eval()
         visual = self.model.visual
         mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
@@ -117,13 +118,23 @@ class ClipEncoder:
             return np.zeros((0, self.dim), np.float32)
         pixels = np.require(pixels, np.uint8, ["C", "W"])  # torch warns about read-only arrays (Ray hands those out)
         chunks = [torch.from_numpy(pixels[s : s + self.chunk]) for s in range(0, len(pixels), self.chunk)]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             features = [self.model.encode_image(self._normalise(batch)) for batch in self._on_device(chunks)]
             return _normalised(torch.cat(features))
 
+    def _precision(self):
+        """On a GPU, bf16 matrix products (tensor cores, half the memory traffic) with fp32 weights,
+        norms and softmax: bf16 has fp32's range, so no activation overflows as fp16's can. CPUs
+        have no fast path for it: fp32 there."""
+        import contextlib
+
+        import torch
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
+
     def _normalise(self, batch):
         """uint8 NHWC on the model's device -> the model's normalised NCHW input."""
-        return batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift).to(self.dtype)
+        return batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
 
     def _on_device(self, chunks: list):
         """Yields the uint8 chunks on the model's device. On a GPU, each chunk is pinned and
@@ -155,7 +166,7 @@ class ClipEncoder:
 
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             tokens = self.tokenizer(list(texts)).to(self.device)
             return _normalised(_encode_text(self.model, tokens))
 
@@ -195,14 +206,20 @@ class ClipEmbedder:
         ok = np.flatnonzero(status == OK)
         if len(ok):
             frames = [np.asarray(batch["pixels"][i]) for i in ok]
-            flat = self.encoder.encode_images(np.concatenate(frames))
-            for i, per_item in zip(ok, np.split(flat, np.cumsum([len(f) for f in frames])[:-1])):
+            for i, per_item in zip(ok, _each_on_failure(frames, self._frame_vectors)):
+                if isinstance(per_item, str):
+                    status[i], error[i] = ERROR, per_item
+                    continue
                 frame_vectors[i] = per_item
                 mean = per_item.mean(axis=0)
                 vectors[i] = mean / np.linalg.norm(mean)
         titled = np.flatnonzero((status == OK) & (titles != None))  # noqa: E711 (elementwise)
         if len(titled):
-            text_vectors[titled] = self.encoder.encode_texts(list(titles[titled]))
+            for i, text_vector in zip(titled, _each_on_failure(list(titles[titled]), lambda t: list(self.encoder.encode_texts(t)))):
+                if isinstance(text_vector, str):
+                    status[i], error[i] = ERROR, text_vector
+                else:
+                    text_vectors[i] = text_vector
         finite = np.isfinite(vectors).all(axis=1) & np.isfinite(text_vectors).all(axis=1)
         broken = (status == OK) & ~finite
         status[broken] = ERROR
@@ -217,6 +234,11 @@ class ClipEmbedder:
             model=np.full(n, self.encoder.provenance, dtype=object),
         )
         return out
+
+    def _frame_vectors(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Each item's frames [F, S, S, 3] to its frame vectors [F, D], in one model call."""
+        flat = self.encoder.encode_images(np.concatenate(frames))
+        return np.split(flat, np.cumsum([len(f) for f in frames])[:-1])
 
     def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
         """Decodes and fingerprints the JPEGs the decode stage left to this device, in batches
@@ -238,6 +260,22 @@ class ClipEmbedder:
                 frames[i] = on_host[k : k + 1]
                 pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
         return batch | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
+
+
+def _each_on_failure(inputs: list, encode) -> list:
+    """`encode(inputs)` (a list, one result per input); where the batch call fails (the device out
+    of memory, a CUDA error), each input alone, and where that fails too, its error message."""
+    try:
+        return encode(inputs)
+    except RuntimeError as e:  # what torch raises for device faults
+        log.warning("the model failed on a batch of %d items (%s): encoding them one by one", len(inputs), e)
+    results = []
+    for one in inputs:
+        try:
+            results += encode([one])
+        except RuntimeError as e:
+            results.append(f"the model failed on this item: {e}")
+    return results
 
 
 def per_row(column: np.ndarray) -> np.ndarray:

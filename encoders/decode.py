@@ -20,6 +20,7 @@ from shoplens.encoders.rows import ERROR, OK, PRODUCT, SKIPPED
 from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
 
 MAX_VIDEO_BYTES = 4 * 2**30
+DEFER_MAX_BYTES = 2**20  # the largest JPEG left to the embedding device
 # What a deferred JPEG carries to the embed stage: its bytes, and its header's orientation and size.
 DEFERRED_COLUMNS = ("encoded", "exif_orientation", "jpeg_pixels")
 
@@ -97,7 +98,9 @@ class MediaDecoder:
                 out["status"][i] = SKIPPED
                 return None
             check_extension(uri)
-            header = jpeg_header(data, self.image_limits) if self.defer_jpegs else None
+            # Larger files (full-size camera photos) are decoded here, at a reduced JPEG scale: their
+            # bytes would crowd the object store and the GPU actor's batches.
+            header = jpeg_header(data, self.image_limits) if self.defer_jpegs and len(data) <= DEFER_MAX_BYTES else None
             if header and header.on_device:  # decoded and fingerprinted by the embed stage
                 out["encoded"][i], out["exif_orientation"][i], out["jpeg_pixels"][i] = data, header.orientation, header.pixels
                 return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]

@@ -13,14 +13,16 @@ fingerprint, up to a few of its 256 bits.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
-from shoplens.encoders.phash import pdq_hash, pdq_hashes
+from shoplens.encoders.phash import hashes_on_host, pdq_bits, pdq_hash
 
+log = logging.getLogger(__name__)
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes as the CPU path would; CMYK, YCCK... go to the CPU
 END_OF_IMAGE = b"\xff\xd9"
@@ -61,6 +63,9 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> JpegHeader:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             fmt, mode = image.format, image.mode
+            # Progressive JPEGs are Huffman-decoded on the host, one at a time, by nvJPEG: the
+            # decode stage's many cores do them faster.
+            progressive = bool(image.info.get("progressive") or image.info.get("progression"))
             orientation = image.getexif().get(EXIF_ORIENTATION, 1) if fmt == "JPEG" else 1
     except Exception:
         return JpegHeader(False)  # the CPU path decides, and says why
@@ -70,7 +75,7 @@ def jpeg_header(data: bytes, limits: ImageLimits = ImageLimits()) -> JpegHeader:
     # Pillow refuses it, so the CPU decides (a trailer after the marker also lands there).
     whole = data.rstrip(b"\0").endswith(END_OF_IMAGE)
     orientation = int(orientation) if orientation in range(1, 9) else 1
-    return JpegHeader(fmt == "JPEG" and mode in DEVICE_MODES and whole, orientation, width * height)
+    return JpegHeader(fmt == "JPEG" and mode in DEVICE_MODES and whole and not progressive, orientation, width * height)
 
 
 def decode_on_device(
@@ -81,7 +86,11 @@ def decode_on_device(
     takes are decoded there, in batches of at most DECODE_BATCH images and DECODE_PIXELS pixels;
     the rest, and any it fails on, on the CPU. `headers`: each image's (EXIF orientation, pixel
     count) from a `jpeg_header` that already accepted it (the decode stage's), so that the
-    process feeding the GPU does not parse headers again."""
+    process feeding the GPU does not parse headers again.
+
+    A device step that fails (out of memory, a CUDA error) fails its batch, never the call: the
+    batch's images are retried one by one on the device, then decoded on the CPU, and only what
+    the CPU refuses too becomes that image's error. Fingerprints reach the host in one transfer."""
     import torch
 
     out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8, device=device)
@@ -94,24 +103,51 @@ def decode_on_device(
         except MediaError as e:
             errors[n] = str(e)
     on_device = [n for n, header in checked.items() if header.on_device]
+    hashed: dict[int, tuple] = {}  # image -> (its bits and quality on the device)
     for batch_members in _decode_batches(on_device, [checked[n].pixels for n in on_device]):
-        decoded = _decode_jpegs({n: images[n] for n in batch_members}, device)
-        decoded = {n: oriented(image, checked[n].orientation) for n, image in decoded.items()}  # the unrotated ones freed
-        for group in _same_shape_groups(decoded):
-            batch = torch.stack(list(group.values()))
-            out[list(group)] = crop_and_resize(batch, size)
-            for n, fingerprint in zip(group, pdq_hashes(batch)):
-                fingerprints[n] = fingerprint
+        jpegs = {n: images[n] for n in batch_members}
+        try:
+            hashed |= _device_steps(jpegs, checked, out, size, device)
+        except RuntimeError as e:  # what torch raises for device faults, out-of-memory included
+            log.warning("device decode failed for a batch of %d images (%s): retrying one by one", len(jpegs), e)
+            for n, data in jpegs.items():
+                try:
+                    hashed |= _device_steps({n: data}, checked, out, size, device)
+                except RuntimeError:
+                    pass  # left to the CPU
+    for n, fingerprint in zip(hashed, hashes_on_host([bits for bits, _ in hashed.values()], [q for _, q in hashed.values()])):
+        fingerprints[n] = fingerprint
     for n, data in enumerate(images):
         if errors[n] is not None or fingerprints[n] is not None:
             continue
         try:
-            pixels, fingerprints[n] = decode_on_cpu(data, size, limits)
+            pixels, fingerprint = decode_on_cpu(data, size, limits)
+            out[n] = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).to(device)
+            fingerprints[n] = fingerprint
         except MediaError as e:
             errors[n] = str(e)
-            continue
-        out[n] = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).to(device)
+        except RuntimeError as e:  # the device cannot even take a copy
+            errors[n] = f"the embedding device failed on this image: {e}"
     return DeviceDecoded(out, errors, fingerprints)
+
+
+def _device_steps(jpegs: dict[int, bytes], checked: dict[int, JpegHeader], out, size: int, device: str) -> dict[int, tuple]:
+    """Decode, orient, crop, resize and fingerprint `jpegs` on the device, writing their pixels
+    into `out`; returns each decoded image's PDQ bits and quality, still on the device (what the
+    device refused or failed on is left out, for the CPU)."""
+    decoded = _decode_jpegs(jpegs, device)
+    decoded = {n: oriented(image, checked[n].orientation) for n, image in decoded.items()}  # the unrotated ones freed
+    hashed = {}
+    for group in _same_shape_groups(decoded):
+        try:
+            hashed |= _resize_and_hash(group, out, size)
+        except RuntimeError:  # e.g. a resize too large for the device's kernel: each alone, then the CPU
+            for n, image in group.items():
+                try:
+                    hashed |= _resize_and_hash({n: image}, out, size)
+                except RuntimeError:
+                    pass
+    return hashed
 
 
 def decode_on_cpu(data: bytes, size: int, limits: ImageLimits, fingerprint: bool = True) -> tuple[np.ndarray, tuple]:
@@ -135,12 +171,27 @@ def _decode_batches(members: list[int], pixels: list[int]) -> list[list[int]]:
     return batches
 
 
+def _resize_and_hash(group: dict, out, size: int) -> dict[int, tuple]:
+    import torch
+
+    batch = torch.stack(list(group.values()))
+    resized = crop_and_resize(batch, size)
+    bits, qualities = pdq_bits(batch)
+    out[torch.tensor(list(group), device=out.device)] = resized
+    return {n: (bits[k], qualities[k]) for k, n in enumerate(group)}
+
+
 def _decode_jpegs(jpegs: dict[int, bytes], device: str) -> dict:
     """nvJPEG (torchvision) on a batch; what it refuses is left out, for the CPU to decode or refuse."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = {n: torch.frombuffer(bytearray(data), dtype=torch.uint8) for n, data in jpegs.items()}
+    if torch.device(device).type == "cuda":
+        # torchvision allocates the outputs on the current stream but nvJPEG writes them from a
+        # private one that does not wait for it: memory the current stream still uses would be
+        # overwritten. Waiting for the current stream first makes that memory free indeed.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return dict(zip(tensors, decode_jpeg(list(tensors.values()), mode=ImageReadMode.RGB, device=device)))
     except RuntimeError:  # one bad file fails the batch: retry one by one

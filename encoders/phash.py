@@ -40,26 +40,35 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=-1).sum(axis=-1, dtype=np.int32)
 
 
-def pdq_hashes(images) -> list[tuple[str, int]]:
-    """`pdq_hash` for a batch of same-sized RGB uint8 [N, 3, H, W] torch tensors on any device
-    (the GPU that decoded them): Meta's reference algorithm (luma, two Jarosz box-filter passes,
-    decimation to 64x64, the 16x16 DCT without its DC term, bits above the median), batched."""
+def pdq_bits(images):
+    """The PDQ hashes of same-sized RGB uint8 [N, 3, H, W] torch tensors, left on their device:
+    (bits uint8 [N, 256] in `pdqhash.compute`'s order, qualities [N]). Meta's reference algorithm
+    (luma, two Jarosz box-filter passes, decimation to 64x64, the 16x16 DCT without its DC term,
+    bits above the median), batched."""
     import torch
 
-    if len(images) == 0:
-        return []
-    if min(images.shape[-2:]) < MIN_SIDE:
-        return [("0" * 64, 0)] * len(images)  # as the reference: no hash, quality 0
+    if len(images) == 0 or min(images.shape[-2:]) < MIN_SIDE:  # as the reference: no hash, quality 0
+        zeros = torch.zeros((len(images), PDQ_BITS), dtype=torch.uint8, device=images.device)
+        return zeros, torch.zeros(len(images), device=images.device)
     grids = _luma_64x64(images)  # [N, 64, 64]
     dct = _dct_matrix(grids.device)
     coefficients = (dct @ grids @ dct.T).flatten(1)  # [N, 256]
-    bits = (coefficients > coefficients.median(dim=1, keepdim=True).values).to(torch.uint8).cpu().numpy()
-    bits = bits[:, ::-1]  # the reference writes bit 255 first: this is `pdqhash.compute`'s order
+    bits = (coefficients > coefficients.median(dim=1, keepdim=True).values).to(torch.uint8)
+    bits = bits.flip(1)  # the reference writes bit 255 first: this is `pdqhash.compute`'s order
     gradients = _truncated_percent(grids[:, 1:] - grids[:, :-1]).sum(dim=(1, 2)) + _truncated_percent(
         grids[:, :, 1:] - grids[:, :, :-1]
     ).sum(dim=(1, 2))
-    qualities = (gradients // 90).clamp(max=100).cpu().numpy()
-    return [(np.packbits(row).tobytes().hex(), int(q)) for row, q in zip(bits, qualities)]
+    return bits, (gradients // 90).clamp(max=100)
+
+
+def hashes_on_host(bits: list, qualities: list) -> list[tuple[str, int]]:
+    """`pdq_bits` rows (device tensors) as (64 hex digits, quality), in one device-to-host transfer."""
+    import torch
+
+    if not bits:
+        return []
+    on_host = torch.cat([torch.stack(bits).float(), torch.stack(qualities).float().view(-1, 1)], dim=1).cpu().numpy()
+    return [(np.packbits(row[:PDQ_BITS].astype(np.uint8)).tobytes().hex(), int(row[PDQ_BITS])) for row in on_host]
 
 
 def _luma_64x64(images):

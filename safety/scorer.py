@@ -81,6 +81,7 @@ class SafetyScorer:
         num_threads: int | None = None,
         heads: EmbeddingHeads | None = None,
         stored_pixel_scores: bool = False,
+        device: str = "cpu",
     ):
         self.policy, self.bank = policy, bank
         names = policy.names
@@ -107,7 +108,7 @@ class SafetyScorer:
             if stored_pixel_scores:
                 self.frame_signals.append(_Signal(name, "stored", None, outputs, feeds))
             else:
-                self.frame_signals.append(_Signal(name, "pixels", PIXEL_MODELS[name](num_threads), outputs, feeds))
+                self.frame_signals.append(_Signal(name, "pixels", PIXEL_MODELS[name](num_threads, device), outputs, feeds))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, names = len(batch["status"]), self.policy.names

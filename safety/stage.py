@@ -24,7 +24,7 @@ class EmbedAndScore:
     ):
         self.embedder = ClipEmbedder(spec, num_threads=num_threads, keep_pixels=True)
         encoder = self.embedder.encoder
-        self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads)
+        self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads, device=encoder.device)
         self.reads = (*self.embedder.reads, *(c for c in self.scorer.reads if c not in self.embedder.adds))
         self.adds = (*self.embedder.adds, *self.scorer.adds)
         self.drops = (*self.embedder.drops, "pixels")  # the pixel models' input, never shipped on

@@ -22,7 +22,7 @@ from shoplens.encoders.rows import ERROR, OK, SKIPPED
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
 from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSource, resolve_weights
 from shoplens.pipelines.ingest.manifest import read_manifest
-from shoplens.pipelines.ingest.ray_adapter import apply_stage, cluster_resources, init_ray, plan_pools
+from shoplens.pipelines.ingest.ray_adapter import apply_stage, init_ray, plan_cluster
 from shoplens.pipelines.ingest.writer import PendingWrites
 from shoplens.pipelines.moderation.bank_add import block_stored_matches
 from shoplens.pipelines.store.database import ItemStore
@@ -163,7 +163,7 @@ def _scored_batches(
         return
     import ray.data
 
-    pools = plan_pools(*cluster_resources(), device=config.device)
+    pools = plan_cluster(config.device)
     log.info("pools: %s", pools)
     # Many small blocks, not one: decode, embed and the writer then work on different blocks at once.
     block_rows = pools.embed.batch_size * 2
@@ -183,7 +183,7 @@ def _scored_batches(
         ds,
         EmbedAndScore,
         pools.embed,
-        spec=ClipSpec.resolved(source, config.device),
+        spec=ClipSpec.resolved(source, pools.embed.device),
         policy=policy,
         heads=heads,
         bank=bank,

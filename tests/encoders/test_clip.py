@@ -129,3 +129,41 @@ def test_a_device_the_host_cannot_run_is_a_usage_error():
         with pytest.raises(UsageError, match="torch sees no CUDA device"):
             pick_device("cuda")
         assert pick_device("auto") == "cpu"
+
+
+def test_a_model_failure_retries_items_one_by_one_and_fails_only_the_item_it_fails_on(micro_encoder, photos, monkeypatch):
+    """A device fault (out of memory, a CUDA error) in a batch call costs the batch nothing: the
+    items are encoded one by one, and only one the model still fails on becomes a row error."""
+    stage = ClipEmbedder.__new__(ClipEmbedder)
+    stage.encoder, stage.keep_pixels = micro_encoder, False
+    poison = photos[1]
+    real_images, real_texts = micro_encoder.encode_images, micro_encoder.encode_texts
+
+    def encode_images(pixels):
+        if len(pixels) > 1 or (pixels == poison).all():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real_images(pixels)
+
+    def encode_texts(texts):
+        if "poisoned title" in texts:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_texts(texts)
+
+    monkeypatch.setattr(micro_encoder, "encode_images", encode_images)
+    monkeypatch.setattr(micro_encoder, "encode_texts", encode_texts)
+    pixels = np.empty(4, dtype=object)
+    pixels[:] = [photos[0:1], photos[1:2], photos[2:3], photos[3:4]]
+    batch = {
+        "item_id": np.array(["a", "b", "c", "d"], dtype=object),
+        "status": np.array([OK] * 4, dtype=object),
+        "error": np.array([None] * 4, dtype=object),
+        "title": np.array(["blue mug", "red shoe", "green hat", "poisoned title"], dtype=object),
+        "pixels": pixels,
+    }
+    out = stage(batch)
+    assert list(out["status"]) == [OK, ERROR, OK, ERROR]
+    assert out["error"][1].startswith("the model failed on this item: CUDA out of memory")
+    assert out["error"][3].startswith("the model failed on this item: CUDA error")
+    for i in (0, 2):
+        np.testing.assert_allclose(out["vector"][i], real_images(photos[i : i + 1])[0], atol=1e-6)
+        np.testing.assert_allclose(out["text_vector"][i], real_texts([batch["title"][i]])[0], atol=1e-6)

@@ -1,4 +1,4 @@
-"""The GPU path (fp16, uint8 batches normalised on the device) against the CPU path.
+"""The GPU path (bf16 autocast, uint8 batches normalised on the device) against the CPU path.
 Deselected by default; run with `pytest -m gpu` on a CUDA host."""
 
 import numpy as np
@@ -12,10 +12,10 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("model", ["shoplens-micro", "ViT-B-32"])
-def test_fp16_gpu_vectors_match_the_cpu_path(model):
+def test_bf16_gpu_vectors_match_the_cpu_path(model):
     cpu = ClipEncoder(ClipSpec(model, "random", "cpu"))
     gpu = ClipEncoder(ClipSpec(model, "random", "cuda"), chunk=2)  # chunks copied on a side stream while the one before runs
-    assert gpu.device == "cuda" and str(next(gpu.model.parameters()).dtype) == "torch.float16"
+    assert gpu.device == "cuda" and str(next(gpu.model.parameters()).dtype) == "torch.float32"  # bf16 products, fp32 weights
     pixels = np.stack([decode_image(sample_photo(n).read_bytes(), cpu.image_size) for n in SAMPLE_PHOTOS])
     cosine = (cpu.encode_images(pixels) * gpu.encode_images(pixels)).sum(axis=1)
     assert cosine.min() >= 0.99, cosine

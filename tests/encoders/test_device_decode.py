@@ -83,6 +83,97 @@ def test_only_whole_jpegs_go_to_the_device():
     assert not jpeg_header(sample_photo("coffee.png").read_bytes()).on_device
 
 
+def test_progressive_jpegs_are_left_to_the_cpu_decoders():
+    """nvJPEG Huffman-decodes a progressive JPEG on the host, one at a time: the decode stage's cores do it."""
+    from PIL import Image
+
+    progressive = io.BytesIO()
+    Image.open(sample_photo("chelsea.png")).convert("RGB").save(progressive, "JPEG", quality=90, progressive=True)
+    assert not jpeg_header(progressive.getvalue()).on_device and jpeg_header(photo_bytes()).on_device
+    decoded = decode_on_device([progressive.getvalue()], SIZE, "cpu")  # still decoded, by the CPU path
+    assert decoded.errors == [None]
+    assert (
+        np.abs(decoded.pixels[0].permute(1, 2, 0).numpy().astype(int) - decode_image(progressive.getvalue(), SIZE).astype(int)).max() == 0
+    )
+
+
+def device_fault(fails):
+    """A stand-in for a device step that raises as CUDA does (out of memory) when `fails(batch)`."""
+
+    def step(real):
+        def faulty(images, *args):
+            if fails(images):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(images, *args)
+
+        return faulty
+
+    return step
+
+
+@pytest.mark.parametrize("step", ["_decode_jpegs", "crop_and_resize", "pdq_bits"])
+def test_a_failing_device_step_retries_one_by_one_then_falls_back_to_the_cpu(monkeypatch, step):
+    """A device fault in any step (decode, resize, fingerprint) fails only its batch: the images
+    are retried one by one on the device, and what still fails is decoded on the CPU. Every image
+    gets its pixels and fingerprint; none becomes an error, and the call does not raise."""
+    import shoplens.encoders.device_decode as device_decode
+
+    images = [photo_bytes(name, size=None) for name in SAMPLE_PHOTOS]
+    expected = decode_on_device(images, SIZE, "cpu")
+    poisoned = images[1]  # the device fails on every batch holding this image, alone too
+    poisoned_shape = picture_shape(poisoned)  # the sample photos' sizes differ
+
+    def holds_poisoned(batch):
+        if step == "_decode_jpegs":  # {index: JPEG bytes}
+            return poisoned in batch.values()
+        return any(tuple(image.shape[-2:]) == poisoned_shape for image in batch)  # [N, 3, H, W]
+
+    monkeypatch.setattr(device_decode, step, device_fault(holds_poisoned)(getattr(device_decode, step)))
+    calls = []
+    monkeypatch.setattr(device_decode, "decode_on_cpu", record(calls, device_decode.decode_on_cpu))
+    decoded = decode_on_device(images, SIZE, "cpu")
+    assert decoded.errors == [None] * len(images)
+    assert calls == [poisoned]  # only the image the device cannot take went to the CPU
+    cpu_pixels, cpu_fingerprint = device_decode.decode_on_cpu(poisoned, SIZE, device_decode.ImageLimits())
+    assert (decoded.pixels[1].permute(1, 2, 0).numpy() == cpu_pixels).all() and decoded.fingerprints[1] == cpu_fingerprint
+    others = [n for n in range(len(images)) if n != 1]
+    assert (decoded.pixels[others] == expected.pixels[others]).all()
+    assert [decoded.fingerprints[n] for n in others] == [expected.fingerprints[n] for n in others]
+
+
+def picture_shape(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(data)).size
+    return height, width
+
+
+def record(calls: list, real):
+    def recorded(data, *args):
+        calls.append(data)
+        return real(data, *args)
+
+    return recorded
+
+
+def test_an_image_the_device_and_the_cpu_both_fail_on_is_that_images_error(monkeypatch):
+    import shoplens.encoders.device_decode as device_decode
+
+    images = [photo_bytes("astronaut.png"), photo_bytes("chelsea.png")]
+    monkeypatch.setattr(device_decode, "crop_and_resize", device_fault(lambda batch: True)(device_decode.crop_and_resize))
+    # ...and the host copy of the CPU's pixels fails too, for the second image only
+    real_decode = device_decode.decode_on_cpu
+
+    def cpu_then_no_device(data, *args):
+        pixels, fingerprint = real_decode(data, *args)
+        return (pixels if data == images[0] else pixels[:, :, :2]), fingerprint  # a copy the device refuses
+
+    monkeypatch.setattr(device_decode, "decode_on_cpu", cpu_then_no_device)
+    decoded = decode_on_device(images, SIZE, "cpu")
+    assert decoded.errors[0] is None and decoded.fingerprints[0]
+    assert decoded.errors[1].startswith("the embedding device failed on this image") and decoded.fingerprints[1] is None
+
+
 def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerprints(micro_encoder, tmp_path):
     """The decode stage leaves JPEGs to the embed stage with their orientation; PNGs, truncated
     JPEGs and wrong names it handles itself, as without deferral."""
@@ -133,3 +224,29 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
         assert distance(out["pixels"][i][0], decode_image(data, SIZE)) < 4.0
         expected = pdq_hash(np.asarray(load_image(data, 100_000)))
         assert hamming(hash_bytes([out["pdq"][i][0]]), hash_bytes([expected[0]]))[0, 0] <= 8
+
+
+def test_jpegs_over_a_megabyte_are_decoded_by_the_decode_stage(tmp_path):
+    """Their bytes would crowd the object store and the GPU actor's batches: the decode stage's
+    reduced-scale CPU decode takes them, and only what it produces travels."""
+    from PIL import Image
+
+    from shoplens.encoders.decode import DEFER_MAX_BYTES, MediaDecoder
+
+    noise = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
+    large, small = tmp_path / "large.jpg", tmp_path / "small.jpg"
+    Image.fromarray(noise).save(large, "JPEG", quality=100)
+    small.write_bytes(photo_bytes())
+    assert large.stat().st_size > DEFER_MAX_BYTES > small.stat().st_size and jpeg_header(large.read_bytes()).on_device
+    rows = {
+        "item_id": ["large", "small"],
+        "kind": ["product"] * 2,
+        "media_uri": [str(large), str(small)],
+        "status": ["ok"] * 2,
+        "error": [None] * 2,
+        "known_sha256": [None] * 2,
+        "frames": [None] * 2,
+    }
+    decoded = MediaDecoder(SIZE, fingerprint=True, defer_jpegs=True)({k: np.array(v, dtype=object) for k, v in rows.items()})
+    assert decoded["encoded"][0] is None and decoded["pixels"][0].shape == (1, SIZE, SIZE, 3) and decoded["pdq"][0][0]
+    assert isinstance(decoded["encoded"][1], bytes) and decoded["pixels"][1].shape == (0, SIZE, SIZE, 3)

@@ -4,7 +4,7 @@ import numpy as np
 from conftest import SAMPLE_PHOTOS, sample_photo
 
 from shoplens.encoders.media import load_image
-from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash, pdq_hashes
+from shoplens.encoders.phash import hamming, hash_bytes, hashes_on_host, pdq_bits, pdq_hash
 
 
 def full_picture(name: str) -> np.ndarray:
@@ -35,3 +35,8 @@ def test_batched_hashes_are_the_reference_hashes_within_a_few_bits():
         hash_bytes([h for h, _ in pdq_hashes(torch.from_numpy(np.stack(crops[1:] + crops[:1])).permute(0, 3, 1, 2))]),
     )
     assert different.diagonal().min() > 64
+
+
+def pdq_hashes(images) -> list[tuple[str, int]]:
+    bits, qualities = pdq_bits(images)
+    return hashes_on_host(list(bits), list(qualities))

