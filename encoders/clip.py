@@ -110,14 +110,16 @@ class ClipEncoder:
     def dim(self) -> int:
         return self.source.embed_dim
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        """`pixels`: uint8 [N, S, S, 3] RGB at the model's image size (see encoders.media)."""
+    def encode_images(self, pixels) -> np.ndarray:
+        """`pixels`: uint8 [N, S, S, 3] RGB at the model's image size (see encoders.media), a numpy
+        array or a torch tensor (one already on the model's device is not copied)."""
         import torch
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        pixels = np.require(pixels, np.uint8, ["C", "W"])  # torch warns about read-only arrays (Ray hands those out)
-        chunks = [torch.from_numpy(pixels[s : s + self.chunk]) for s in range(0, len(pixels), self.chunk)]
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))  # torch warns about read-only arrays (Ray hands those out)
+        chunks = [pixels[s : s + self.chunk] for s in range(0, len(pixels), self.chunk)]
         with torch.inference_mode(), self._precision():
             features = [self.model.encode_image(self._normalise(batch)) for batch in self._on_device(chunks)]
             return _normalised(torch.cat(features))
@@ -142,8 +144,8 @@ class ClipEncoder:
         compute (the model waits, on the GPU, only for the copy of the chunk it takes)."""
         import torch
 
-        if self._copy_stream is None:
-            yield from chunks
+        if self._copy_stream is None or chunks[0].device.type == "cuda":
+            yield from (chunk.to(self.device) for chunk in chunks)
             return
 
         def start_copy(host):
@@ -205,7 +207,7 @@ class ClipEmbedder:
         frame_vectors[:] = [np.zeros((0, dim), np.float32)] * n
         ok = np.flatnonzero(status == OK)
         if len(ok):
-            frames = [np.asarray(batch["pixels"][i]) for i in ok]
+            frames = [as_frames(batch["pixels"][i]) for i in ok]
             for i, per_item in zip(ok, _each_on_failure(frames, self._frame_vectors)):
                 if isinstance(per_item, str):
                     status[i], error[i] = ERROR, per_item
@@ -225,6 +227,8 @@ class ClipEmbedder:
         status[broken] = ERROR
         error[broken] = "the model produced a non-finite embedding"
         out = {k: v for k, v in batch.items() if k not in self.drops}
+        if self.keep_pixels:
+            out["pixels"] = _pixels_on_host(batch["pixels"])
         out.update(
             status=status,
             error=error,
@@ -235,9 +239,20 @@ class ClipEmbedder:
         )
         return out
 
-    def _frame_vectors(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Each item's frames [F, S, S, 3] to its frame vectors [F, D], in one model call."""
-        flat = self.encoder.encode_images(np.concatenate(frames))
+    def _frame_vectors(self, frames: list) -> list[np.ndarray]:
+        """Each item's frames [F, S, S, 3] to its frame vectors [F, D], in one model call. Frames
+        the device decoded stay there; the host's join them there."""
+        import torch
+
+        if all(isinstance(f, np.ndarray) for f in frames):
+            flat = self.encoder.encode_images(np.concatenate(frames))
+        else:
+            device = self.encoder.device
+            flat = self.encoder.encode_images(
+                torch.cat(
+                    [torch.from_numpy(np.require(f, np.uint8, ["C", "W"])).to(device) if isinstance(f, np.ndarray) else f for f in frames]
+                )
+            )
         return np.split(flat, np.cumsum([len(f) for f in frames])[:-1])
 
     def _decode_deferred(self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
@@ -252,12 +267,12 @@ class ClipEmbedder:
         headers = [(int(batch["exif_orientation"][i]), int(batch["jpeg_pixels"][i])) for i in rows]
         decoded = decode_on_device([batch["encoded"][i] for i in rows], self.encoder.image_size, self.encoder.device, headers=headers)
         frames, pdq, quality = per_row(batch["pixels"]), per_row(batch["pdq"]), per_row(batch["pdq_quality"])
-        on_host = decoded.pixels.permute(0, 2, 3, 1).cpu().numpy()  # pixel models read them on the host
+        on_device = decoded.pixels.permute(0, 2, 3, 1)  # [N, S, S, 3], into the model without a round trip through the host
         for k, (i, message, fingerprint) in enumerate(zip(rows, decoded.errors, decoded.fingerprints)):
             if message:
                 status[i], error[i] = ERROR, message
             else:
-                frames[i] = on_host[k : k + 1]
+                frames[i] = on_device[k : k + 1]
                 pdq[i], quality[i] = np.array([fingerprint[0]], dtype=object), np.array([fingerprint[1]], np.int32)
         return batch | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
 
@@ -276,6 +291,26 @@ def _each_on_failure(inputs: list, encode) -> list:
         except RuntimeError as e:
             results.append(f"the model failed on this item: {e}")
     return results
+
+
+def as_frames(pixels):
+    """A row's frames: a torch tensor where the device decoded them, else a numpy array."""
+    return np.asarray(pixels) if isinstance(pixels, np.ndarray | list) else pixels
+
+
+def _pixels_on_host(column: np.ndarray) -> np.ndarray:
+    """The `pixels` column with the device's frames brought to the host in one transfer (the
+    pixel models read them there)."""
+    import torch
+
+    on_device = [i for i, pixels in enumerate(column) if not isinstance(pixels, np.ndarray | list)]
+    if not on_device:
+        return column
+    column = per_row(column)
+    host = torch.cat([column[i] for i in on_device]).cpu().numpy()
+    for k, i in enumerate(on_device):
+        column[i] = host[k : k + 1]
+    return column
 
 
 def per_row(column: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ class EmbedAndScore:
         num_threads: int | None = None,
         heads: EmbeddingHeads | None = None,
     ):
-        self.embedder = ClipEmbedder(spec, num_threads=num_threads, keep_pixels=True)
+        # Pixels stay for the pixel models only: without them, what the GPU decoded never reaches the host.
+        self.embedder = ClipEmbedder(spec, num_threads=num_threads, keep_pixels=bool(policy.pixel_models))
         encoder = self.embedder.encoder
         self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads, device=encoder.device)
         self.reads = (*self.embedder.reads, *(c for c in self.scorer.reads if c not in self.embedder.adds))

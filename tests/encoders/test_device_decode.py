@@ -212,6 +212,10 @@ def test_deferred_jpegs_through_both_stages_get_the_cpu_paths_pixels_and_fingerp
     stage.encoder, stage.keep_pixels = micro_encoder, True  # the constructor loads the same model
     out = stage(decoded)
     assert list(out["status"]) == ["ok", "ok", "error", "error"] and "encoded" not in out
+    stage.keep_pixels = False  # no pixel models follow: the device's pixels go into the model, never to the host
+    lean = stage(decoded)
+    assert "pixels" not in lean and list(lean["status"]) == list(out["status"])
+    np.testing.assert_allclose(lean["vector"], out["vector"], atol=1e-6)
     assert "truncated" in out["error"][2] and "not an image type" in out["error"][3]
 
     def distance(a, b):

@@ -32,3 +32,12 @@ def test_every_node_starts_ray_with_token_authentication_from_a_mounted_token():
         assert "test -s ~/.ray/auth_token" in config[key][: config[key].index(starts[0])], key  # no token: no start
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the operator's file, never this repo's
     assert not any("RAY_AUTH_TOKEN=" in c for key in config if key.endswith("commands") for c in config[key] or [])
+
+
+def test_gpu_workers_install_onnx_runtimes_cuda_build_after_the_cpu_one():
+    config = yaml.safe_load(CONFIG.read_text())
+    gpu_nodes = [node for node in config["available_node_types"].values() if node["resources"].get("GPU")]
+    for node in gpu_nodes:
+        commands = " && ".join(node["worker_setup_commands"])
+        assert "shoplens[gpu]" in commands and "--force-reinstall --no-deps onnxruntime-gpu" in commands
+        assert commands.index("shoplens[gpu]") < commands.index("--force-reinstall")
