@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ LOCAL_DIR = "local-dir:"
 RANDOM_SEED = 0
 # The tiny architectures shipped for smoke runs and tests live beside this file.
 PACKAGED_CONFIGS = Path(__file__).with_name("model_configs")
+CONFIG_NAME = re.compile(r"[\w.-]+")  # a config file's name: no path of its own
 
 REMEDY = (
     "To run without a network, copy the weights to this host and pass "
@@ -61,13 +63,12 @@ def register_packaged_configs() -> None:
 
 
 def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0) -> ModelSource:
-    """Checks that `pretrained` can be loaded for `model` and says how; raises WeightsError."""
-    import open_clip
-
-    register_packaged_configs()
+    """Checks that `pretrained` can be loaded for `model` and says how; raises WeightsError.
+    Random weights, a local file and a `local-dir:` folder are resolved without importing
+    OpenCLIP (torch: seconds of a small job's start-up, on the driver that is starting Ray)."""
     if pretrained.startswith(LOCAL_DIR):
         return _local_dir_source(pretrained)
-    config = open_clip.get_model_config(model)
+    config = architecture_config(model)
     if config is None:
         raise WeightsError(f"unknown OpenCLIP architecture {model!r}; see open_clip.list_models()")
     shape = {"image_size": _side(config["vision_cfg"]["image_size"]), "embed_dim": int(config["embed_dim"])}
@@ -75,6 +76,8 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
         return ModelSource(model, pretrained, None, format_provenance(model, f"{RANDOM}-seed{RANDOM_SEED}"), **shape)
     if os.path.isfile(pretrained):
         return ModelSource(model, pretrained, pretrained, format_provenance(model, file_digest(pretrained)), **shape)
+    import open_clip
+
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -87,6 +90,23 @@ def resolve_weights(model: str, pretrained: str, *, probe_timeout_s: float = 3.0
         if not _reachable(host, probe_timeout_s):
             raise WeightsError(f"weights {model}/{pretrained} are not in the local cache and {host} cannot be reached. {REMEDY}")
     return ModelSource(model, pretrained, None, format_provenance(model, pretrained), **shape)
+
+
+def architecture_config(model: str) -> dict | None:
+    """An architecture's OpenCLIP config: from the config files (shoplens's, then OpenCLIP's own
+    folder, which is what `open_clip.get_model_config` reads) without importing OpenCLIP; other
+    names (`hf-hub:...`) through OpenCLIP."""
+    import importlib.util
+
+    if CONFIG_NAME.fullmatch(model):
+        open_clip_configs = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0]) / "model_configs"
+        for folder in (PACKAGED_CONFIGS, open_clip_configs):
+            if (folder / f"{model}.json").is_file():
+                return json.loads((folder / f"{model}.json").read_text())
+    import open_clip
+
+    register_packaged_configs()
+    return open_clip.get_model_config(model)
 
 
 def format_provenance(architecture: str, weights: str) -> str:

@@ -21,6 +21,36 @@ def test_random_weights_are_named_in_provenance():
 def test_unknown_architecture():
     with pytest.raises(WeightsError, match="unknown OpenCLIP architecture 'ViT-Nope'"):
         resolve_weights("ViT-Nope", "random")
+    for name in ("../../etc/passwd", "model_configs/../ViT-B-32", ""):  # never a path of the user's choosing
+        with pytest.raises(WeightsError, match="unknown OpenCLIP architecture"):
+            resolve_weights(name, "random")
+
+
+def test_architecture_configs_read_from_files_are_open_clips_own():
+    import open_clip
+
+    from shoplens.encoders.weights import architecture_config, register_packaged_configs
+
+    register_packaged_configs()
+    names = open_clip.list_models()
+    assert "shoplens-micro" in names and len(names) > 100
+    for name in names:
+        assert architecture_config(name) == open_clip.get_model_config(name), name
+
+
+def test_random_and_local_weights_resolve_without_importing_torch(tmp_path, micro_checkpoint):
+    """The driver resolves the weights while Ray starts, on the same cores: OpenCLIP's import
+    (torch, seconds) would slow both."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from shoplens.encoders.weights import resolve_weights\n"
+        "resolve_weights('ViT-B-32', 'random'); resolve_weights('shoplens-micro', sys.argv[1])\n"
+        "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(micro_checkpoint)], check=True)
 
 
 def test_unknown_tag_lists_the_known_ones():
