@@ -132,7 +132,10 @@ class ClipEncoder:
 
         import torch
 
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
+        if self.device != "cuda":
+            return contextlib.nullcontext()
+        # Before Ampere (T4, V100) bf16 is emulated, without tensor cores: fp16 products there.
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.get_device_capability(self.device)[0] >= 8 else torch.float16)
 
     def _normalise(self, batch):
         """uint8 NHWC on the model's device -> the model's normalised NCHW input."""
@@ -208,7 +211,7 @@ class ClipEmbedder:
         ok = np.flatnonzero(status == OK)
         if len(ok):
             frames = [as_frames(batch["pixels"][i]) for i in ok]
-            for i, per_item in zip(ok, _each_on_failure(frames, self._frame_vectors)):
+            for i, per_item in zip(ok, _each_on_failure(frames, self._frame_vectors, self.encoder.device)):
                 if isinstance(per_item, str):
                     status[i], error[i] = ERROR, per_item
                     continue
@@ -217,7 +220,9 @@ class ClipEmbedder:
                 vectors[i] = mean / np.linalg.norm(mean)
         titled = np.flatnonzero((status == OK) & (titles != None))  # noqa: E711 (elementwise)
         if len(titled):
-            for i, text_vector in zip(titled, _each_on_failure(list(titles[titled]), lambda t: list(self.encoder.encode_texts(t)))):
+            for i, text_vector in zip(
+                titled, _each_on_failure(list(titles[titled]), lambda t: list(self.encoder.encode_texts(t)), self.encoder.device)
+            ):
                 if isinstance(text_vector, str):
                     status[i], error[i] = ERROR, text_vector
                 else:
@@ -277,18 +282,25 @@ class ClipEmbedder:
         return batch | {"pixels": frames, "pdq": pdq, "pdq_quality": quality}
 
 
-def _each_on_failure(inputs: list, encode) -> list:
+def _each_on_failure(inputs: list, encode, device: str) -> list:
     """`encode(inputs)` (a list, one result per input); where the batch call fails (the device out
-    of memory, a CUDA error), each input alone, and where that fails too, its error message."""
+    of memory), each input alone, and where that fails too, its error message. An error that
+    leaves the device unusable is raised (encoders.device_faults)."""
+    from shoplens.encoders.device_faults import recoverable
+
     try:
         return encode(inputs)
     except RuntimeError as e:  # what torch raises for device faults
+        if not recoverable(e, device):
+            raise
         log.warning("the model failed on a batch of %d items (%s): encoding them one by one", len(inputs), e)
     results = []
     for one in inputs:
         try:
             results += encode([one])
         except RuntimeError as e:
+            if not recoverable(e, device):
+                raise
             results.append(f"the model failed on this item: {e}")
     return results
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shoplens.encoders.device_faults import recoverable
 from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
 from shoplens.encoders.phash import hashes_on_host, pdq_bits, pdq_hash
 
@@ -88,9 +89,10 @@ def decode_on_device(
     count) from a `jpeg_header` that already accepted it (the decode stage's), so that the
     process feeding the GPU does not parse headers again.
 
-    A device step that fails (out of memory, a CUDA error) fails its batch, never the call: the
-    batch's images are retried one by one on the device, then decoded on the CPU, and only what
-    the CPU refuses too becomes that image's error. Fingerprints reach the host in one transfer."""
+    A device step that fails (out of memory, a kernel's refusal) fails its batch, never the call:
+    the batch's images are retried one by one on the device, then decoded on the CPU, and only
+    what the CPU refuses too becomes that image's error. An error that leaves the device unusable
+    is raised (encoders.device_faults). Fingerprints reach the host in one transfer."""
     import torch
 
     out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8, device=device)
@@ -109,12 +111,15 @@ def decode_on_device(
         try:
             hashed |= _device_steps(jpegs, checked, out, size, device)
         except RuntimeError as e:  # what torch raises for device faults, out-of-memory included
+            if not recoverable(e, device):
+                raise
             log.warning("device decode failed for a batch of %d images (%s): retrying one by one", len(jpegs), e)
             for n, data in jpegs.items():
                 try:
                     hashed |= _device_steps({n: data}, checked, out, size, device)
-                except RuntimeError:
-                    pass  # left to the CPU
+                except RuntimeError as e:
+                    if not recoverable(e, device):
+                        raise  # left to the CPU otherwise
     for n, fingerprint in zip(hashed, hashes_on_host([bits for bits, _ in hashed.values()], [q for _, q in hashed.values()])):
         fingerprints[n] = fingerprint
     for n, data in enumerate(images):
@@ -127,6 +132,8 @@ def decode_on_device(
         except MediaError as e:
             errors[n] = str(e)
         except RuntimeError as e:  # the device cannot even take a copy
+            if not recoverable(e, device):
+                raise
             errors[n] = f"the embedding device failed on this image: {e}"
     return DeviceDecoded(out, errors, fingerprints)
 
@@ -141,12 +148,15 @@ def _device_steps(jpegs: dict[int, bytes], checked: dict[int, JpegHeader], out, 
     for group in _same_shape_groups(decoded):
         try:
             hashed |= _resize_and_hash(group, out, size)
-        except RuntimeError:  # e.g. a resize too large for the device's kernel: each alone, then the CPU
+        except RuntimeError as e:  # e.g. a resize too large for the device's kernel: each alone, then the CPU
+            if not recoverable(e, device):
+                raise
             for n, image in group.items():
                 try:
                     hashed |= _resize_and_hash({n: image}, out, size)
-                except RuntimeError:
-                    pass
+                except RuntimeError as e:
+                    if not recoverable(e, device):
+                        raise
     return hashed
 
 
@@ -194,13 +204,16 @@ def _decode_jpegs(jpegs: dict[int, bytes], device: str) -> dict:
         torch.cuda.current_stream(device).synchronize()
     try:
         return dict(zip(tensors, decode_jpeg(list(tensors.values()), mode=ImageReadMode.RGB, device=device)))
-    except RuntimeError:  # one bad file fails the batch: retry one by one
+    except RuntimeError as e:  # one bad file fails the batch: retry one by one
+        if not recoverable(e, device):
+            raise
         decoded = {}
         for n, tensor in tensors.items():
             try:
                 decoded[n] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
-                pass
+            except RuntimeError as e:
+                if not recoverable(e, device):
+                    raise
         return decoded
 
 

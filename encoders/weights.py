@@ -101,8 +101,11 @@ def architecture_config(model: str) -> dict | None:
     if CONFIG_NAME.fullmatch(model):
         open_clip_configs = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0]) / "model_configs"
         for folder in (PACKAGED_CONFIGS, open_clip_configs):
-            if (folder / f"{model}.json").is_file():
-                return json.loads((folder / f"{model}.json").read_text())
+            # Listed, not opened by name: a case-insensitive file system would find `vit-b-32`.
+            if f"{model}.json" in os.listdir(folder):
+                config = json.loads((folder / f"{model}.json").read_text())
+                if all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):  # what OpenCLIP takes for a config
+                    return config
     import open_clip
 
     register_packaged_configs()

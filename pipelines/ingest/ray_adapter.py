@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoplens.encoders.errors import UsageError
 
@@ -48,15 +49,18 @@ GPU_ACTOR_CPUS = 4
 # Rows of a GPU batch: each carries at most `encoders.decode.DEFER_MAX_BYTES` (1 MB) of JPEG, so
 # a batch holds at most 512 MB of them (two are in flight per actor).
 GPU_BATCH_ROWS = 512
+SHIPPED_GPU_NODE_CPUS = 16  # a GPU node of ray_cluster.yaml, for a plan made before any is alive
 
 
-def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0) -> PoolPlan:
+def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float = 0.0) -> PoolPlan:
     """Shares a cluster's cores (`node_cpus`, one entry per live node) between decoding and embedding.
 
     GPUs are planned from what the cluster can have, `gpu_capacity` (an autoscaling cluster's
     configured maximum), not only from the `gpus` alive now: a cluster whose GPU workers start at
-    zero gets them when the GPU actors ask. One embed actor per GPU, with GPU_ACTOR_CPUS cores to
-    feed it; as many start at once as there are GPUs alive, and every other core decodes.
+    zero gets them when the GPU actors ask. One embed actor per GPU, fed by GPU_ACTOR_CPUS cores
+    but at most half of what its node has per GPU (`cpus_per_gpu`, the fewest of any GPU node), so
+    that it fits on its node beside decoders; as many start at once as there are GPUs alive, and
+    every other core (of the live nodes and of the GPU nodes to come) decodes.
     On CPUs only, the model is the bottleneck: it gets the cores but a sixteenth (half a core at
     least), in actors of up to 8 cores that each fit on one node, and decoding (a few percent of
     the work) runs in what is left and in the gaps between model calls.
@@ -66,11 +70,11 @@ def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: f
     if device == "cuda" and reachable < 1:
         raise ClusterError("--device cuda was asked for, but the Ray cluster has no GPU and none configured")
     if device != "cpu" and reachable >= 1:
-        # At most half the live cores feed GPUs (so that GPU actors fit beside the decoders); GPU
-        # nodes not started yet are planned as the shipped cluster's (16 cores each).
-        feed = min(GPU_ACTOR_CPUS, max(1, int(cpus // (2 * gpus)))) if gpus >= 1 else GPU_ACTOR_CPUS
-        embed = StagePool(size=reachable, num_cpus=feed, num_gpus=1, batch_size=GPU_BATCH_ROWS, start=max(1, int(gpus)))
-        decode_cpus = max(1.0, cpus - int(gpus) * feed)
+        per_gpu = cpus_per_gpu or (cpus / gpus if gpus >= 1 else SHIPPED_GPU_NODE_CPUS)
+        feed = min(GPU_ACTOR_CPUS, per_gpu / 2)
+        live = min(reachable, int(gpus))
+        embed = StagePool(size=reachable, num_cpus=feed, num_gpus=1, batch_size=GPU_BATCH_ROWS, start=max(1, live))
+        decode_cpus = max(1.0, cpus + (reachable - live) * per_gpu - reachable * feed)
         return PoolPlan(StagePool(size=int(decode_cpus), num_cpus=1, batch_size=64), embed)
     decode_cpus = max(0.5, cpus / 16)
     decode_actors = math.ceil(decode_cpus)
@@ -133,28 +137,39 @@ def init_ray(address: str | None) -> None:
 
 def plan_cluster(device: str) -> PoolPlan:
     """`plan_pools` for the cluster Ray is connected to."""
-    node_cpus, gpus, capacity = cluster_resources()
-    return plan_pools(node_cpus, gpus, device, capacity)
-
-
-def cluster_resources() -> tuple[list[float], float, float]:
-    """(CPUs of each live node, GPUs alive, GPUs the cluster may have): an autoscaling cluster's
-    configured maximum, or the live count where no autoscaler configures one (a local Ray)."""
     import ray
 
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    return [node.get("CPU", 0.0) for node in nodes if node.get("CPU")] or [1.0], gpus, max(gpus, _configured_gpus())
+    node_cpus = [node.get("CPU", 0.0) for node in nodes if node.get("CPU")] or [1.0]
+    live_gpu_nodes = [(node.get("CPU", 0.0), node["GPU"]) for node in nodes if node.get("GPU")]
+    configured = configured_gpu_nodes()
+    gpus = sum(g for _, g in live_gpu_nodes)
+    capacity = sum(g * count for _, g, count in configured)
+    shapes = live_gpu_nodes or [(c, g) for c, g, _ in configured]
+    cpus_per_gpu = min((c / g for c, g in shapes), default=0.0)
+    return plan_pools(node_cpus, gpus, device, min(capacity, MAX_PLANNED_GPUS), cpus_per_gpu)
 
 
-def _configured_gpus() -> float:
-    """The most GPUs the autoscaler's configuration allows (0 without one). Ray Data and Ray
-    Train read it through this same private call."""
-    from ray._private.state import state
+def configured_gpu_nodes(bootstrap: Path | None = None) -> list[tuple[float, float, int]]:
+    """(CPUs, GPUs, the most nodes) of each GPU node type an autoscaler may start: from the
+    cluster launcher's config on the head (`~/ray_bootstrap_config.yaml`, what `ray up` leaves
+    there). Empty for a cluster without one (a local Ray, one started by hand)."""
+    import yaml
 
+    bootstrap = bootstrap or Path.home() / "ray_bootstrap_config.yaml"
+    if not bootstrap.is_file():
+        return []
     try:
-        configured = state.get_max_resources_from_cluster_config() or {}
-    except Exception as e:  # a private API: a Ray that moved it plans from the live nodes
-        log.warning("could not read the cluster's configured resources (%s): planning from the live nodes", e)
-        return 0.0
-    return float(min(configured.get("GPU", 0), MAX_PLANNED_GPUS))
+        config = yaml.safe_load(bootstrap.read_text())
+        node_types = config.get("available_node_types") or {}
+        head = config.get("head_node_type")
+        groups = []
+        for name, node in node_types.items():
+            resources = node.get("resources") or {}
+            count = 1 if name == head else int(node.get("max_workers", config.get("max_workers", 0)))
+            if resources.get("GPU") and count > 0:
+                groups.append((float(resources.get("CPU", 0)), float(resources["GPU"]), count))
+        return groups
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        log.warning("could not read the cluster's configured node types from %s (%s): planning from the live nodes", bootstrap, e)
+        return []

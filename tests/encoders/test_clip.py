@@ -146,7 +146,7 @@ def test_a_model_failure_retries_items_one_by_one_and_fails_only_the_item_it_fai
 
     def encode_texts(texts):
         if "poisoned title" in texts:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")  # a kernel's refusal: the device goes on
         return real_texts(texts)
 
     monkeypatch.setattr(micro_encoder, "encode_images", encode_images)
@@ -163,7 +163,52 @@ def test_a_model_failure_retries_items_one_by_one_and_fails_only_the_item_it_fai
     out = stage(batch)
     assert list(out["status"]) == [OK, ERROR, OK, ERROR]
     assert out["error"][1].startswith("the model failed on this item: CUDA out of memory")
-    assert out["error"][3].startswith("the model failed on this item: CUDA error")
+    assert out["error"][3].startswith("the model failed on this item: cuDNN error")
     for i in (0, 2):
         np.testing.assert_allclose(out["vector"][i], real_images(photos[i : i + 1])[0], atol=1e-6)
         np.testing.assert_allclose(out["text_vector"][i], real_texts([batch["title"][i]])[0], atol=1e-6)
+
+
+def test_out_of_memory_is_retried_but_a_lost_gpu_stops_the_stage(micro_encoder, photos, monkeypatch):
+    """An error after which the device no longer works (an illegal memory access poisons the
+    CUDA context) is raised, not turned into an error on every row that follows; out of memory
+    is retried smaller. The device here is a CUDA device that does not synchronise (none is
+    present), as a lost one does not."""
+    import torch
+
+    from shoplens.encoders.device_faults import recoverable
+
+    assert recoverable(RuntimeError("any"), "cpu")
+    assert recoverable(torch.OutOfMemoryError("CUDA out of memory"), "cuda")
+    assert recoverable(RuntimeError("CUDA error: an illegal memory access was encountered"), "cuda") == torch.cuda.is_available()
+
+    stage = ClipEmbedder.__new__(ClipEmbedder)
+    stage.encoder, stage.keep_pixels = micro_encoder, False
+    pixels = np.empty(2, dtype=object)
+    pixels[:] = [photos[0:1], photos[1:2]]
+    batch = {
+        "item_id": np.array(["a", "b"], dtype=object),
+        "status": np.array([OK] * 2, dtype=object),
+        "error": np.array([None] * 2, dtype=object),
+        "title": np.array([None] * 2, dtype=object),
+        "pixels": pixels,
+    }
+    alone = [micro_encoder.encode_images(photos[k : k + 1]) for k in (0, 1)]  # before the device is "cuda"
+    monkeypatch.setattr(micro_encoder, "device", "cuda")
+
+    def out_of_memory_in_pairs(frames):
+        if len(frames) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return alone[0] if (frames == photos[0:1]).all() else alone[1]
+
+    monkeypatch.setattr(micro_encoder, "encode_images", out_of_memory_in_pairs)
+    out = stage(batch)
+    assert list(out["status"]) == [OK, OK] and (out["vector"] == np.concatenate(alone)).all()
+
+    def lost(frames):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(micro_encoder, "encode_images", lost)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            stage(batch)

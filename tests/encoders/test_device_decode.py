@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTOS, bad_media, photo_bytes, sample_photo
+from conftest import SAMPLE_PHOTOS, bad_media, encode, photo_bytes, sample_photo
 
 from shoplens.encoders.device_decode import decode_on_device, jpeg_header
 from shoplens.encoders.media import decode_image, load_image
@@ -116,9 +116,13 @@ def test_a_failing_device_step_retries_one_by_one_then_falls_back_to_the_cpu(mon
     """A device fault in any step (decode, resize, fingerprint) fails only its batch: the images
     are retried one by one on the device, and what still fails is decoded on the CPU. Every image
     gets its pixels and fingerprint; none becomes an error, and the call does not raise."""
+    from PIL import Image, ImageOps
+
     import shoplens.encoders.device_decode as device_decode
 
     images = [photo_bytes(name, size=None) for name in SAMPLE_PHOTOS]
+    # the mirror image of the second photo: a group of one shape holds it with the poisoned one
+    images.append(encode(ImageOps.mirror(Image.open(sample_photo(SAMPLE_PHOTOS[1])).convert("RGB")), "JPEG", quality=90))
     expected = decode_on_device(images, SIZE, "cpu")
     poisoned = images[1]  # the device fails on every batch holding this image, alone too
     poisoned_shape = picture_shape(poisoned)  # the sample photos' sizes differ
@@ -126,7 +130,11 @@ def test_a_failing_device_step_retries_one_by_one_then_falls_back_to_the_cpu(mon
     def holds_poisoned(batch):
         if step == "_decode_jpegs":  # {index: JPEG bytes}
             return poisoned in batch.values()
-        return any(tuple(image.shape[-2:]) == poisoned_shape for image in batch)  # [N, 3, H, W]
+        # [N, 3, H, W]: the poisoned image alone, or in a group with its mirror image
+        return any(tuple(image.shape[-2:]) == poisoned_shape for image in batch) and not (len(batch) == 1 and is_mirror(batch[0]))
+
+    def is_mirror(image):
+        return (image.permute(1, 2, 0).numpy() == np.asarray(load_image(images[-1], 100_000))).all()
 
     monkeypatch.setattr(device_decode, step, device_fault(holds_poisoned)(getattr(device_decode, step)))
     calls = []

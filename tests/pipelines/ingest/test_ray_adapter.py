@@ -26,7 +26,7 @@ def test_gpu_plan_one_embed_actor_per_gpu_fed_by_four_cores_and_the_other_cores_
     assert plan.embed.device == "cuda" and plan_pools([16], 0, "auto").embed.device == "cpu"
 
 
-@pytest.mark.parametrize(("cpus", "gpus", "feed"), [(16, 1, 4), (96, 8, 4), (16, 8, 1), (4, 1, 2)])
+@pytest.mark.parametrize(("cpus", "gpus", "feed"), [(16, 1, 4), (96, 8, 4), (16, 8, 1), (4, 1, 2), (2, 2, 0.5)])
 def test_gpu_actors_fit_beside_the_decoders(cpus, gpus, feed):
     plan = plan_pools([cpus], gpus, "auto")
     assert (plan.embed.size, plan.embed.start, plan.embed.num_cpus) == (gpus, gpus, feed)  # all start at once
@@ -52,33 +52,37 @@ def test_cuda_on_a_cluster_without_gpus_is_a_configuration_error():
         plan_pools([2], 0, "cuda", gpu_capacity=0)
 
 
-def test_the_shipped_cluster_configs_gpu_capacity_is_what_ray_reports_for_it():
-    """Ray's own reading of an autoscaler configuration (the private call the planner makes) on
-    `ray_cluster.yaml`'s node types: four GPU workers of one GPU each."""
+def test_the_shipped_cluster_configs_gpu_nodes_are_read_from_the_launchers_copy_on_the_head(tmp_path):
+    """`ray up` leaves the config at ~/ray_bootstrap_config.yaml on the head: four GPU workers of
+    16 cores and one GPU each, none alive when the job starts."""
     from pathlib import Path
 
-    import yaml
-    from ray._private.state import GlobalState
-    from ray.core.generated import autoscaler_pb2
+    from shoplens.pipelines.ingest.ray_adapter import configured_gpu_nodes
 
-    config = yaml.safe_load((Path(__file__).parents[3] / "ray_cluster.yaml").read_text())
-    cluster = autoscaler_pb2.ClusterConfig()
-    for name, node in config["available_node_types"].items():
-        group = cluster.node_group_configs.add(name=name, max_count=node.get("max_workers", 1))
-        group.resources.update({k: int(v) for k, v in node["resources"].items()})
-    assert GlobalState._calculate_max_resource_from_cluster_config(cluster, "GPU") == 4
-
-
-@pytest.mark.parametrize("nodes", [[2, 2], [1, 1, 1], [16] * 8, [4, 32]])
-def test_multi_node_plans_give_each_model_actor_a_node_it_fits_on(nodes):
-    plan = plan_pools(nodes, 0, "auto")
-    assert plan.embed.num_cpus <= max(nodes)
-    assert plan.embed.size * plan.embed.num_cpus + plan.decode.size * plan.decode.num_cpus <= sum(nodes)
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text((Path(__file__).parents[3] / "ray_cluster.yaml").read_text())
+    assert configured_gpu_nodes(bootstrap) == [(16.0, 1.0, 4)]
+    plan = plan_pools([8], 0, "auto", gpu_capacity=4, cpus_per_gpu=16)
+    assert (plan.embed.size, plan.embed.num_cpus, plan.embed.start) == (4, 4, 1)
+    assert plan.decode.size == 8 + 4 * 16 - 4 * 4  # the head's cores and the GPU nodes' to come, less what feeds the GPUs
+    assert configured_gpu_nodes(tmp_path / "absent.yaml") == []
+    bootstrap.write_text("available_node_types: [not, a, mapping]")
+    assert configured_gpu_nodes(bootstrap) == []  # unreadable: planned from the live nodes, saying so
 
 
-def test_a_local_ray_has_no_configured_capacity_beyond_its_live_resources(ray_session, caplog):
-    from shoplens.pipelines.ingest.ray_adapter import cluster_resources
+@pytest.mark.parametrize(
+    ("node_cpus", "gpus", "cpus_per_gpu", "feed"), [([32, 2], 1, 2, 1), ([64, 8], 4, 2, 1), ([2], 2, 1, 0.5), ([16], 8, 2, 1)]
+)
+def test_gpu_actors_fit_on_their_own_nodes(node_cpus, gpus, cpus_per_gpu, feed):
+    """The GPU node's cores per GPU bound each GPU actor's, whatever other nodes have."""
+    plan = plan_pools(node_cpus, gpus, "auto", cpus_per_gpu=cpus_per_gpu)
+    assert plan.embed.num_cpus == feed and plan.embed.num_cpus <= cpus_per_gpu / 2
+    assert plan.embed.size * plan.embed.num_cpus + plan.decode.size * plan.decode.num_cpus <= sum(node_cpus)
 
-    node_cpus, gpus, capacity = cluster_resources()
-    assert node_cpus == [2.0] and gpus == capacity == 0
-    assert "could not read the cluster's configured resources" not in caplog.text  # Ray's private call is where it was
+
+def test_a_local_ray_plans_from_its_live_resources(ray_session, monkeypatch, tmp_path):
+    from shoplens.pipelines.ingest.ray_adapter import plan_cluster
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no launcher config here
+    plan = plan_cluster("auto")
+    assert (plan.embed.num_gpus, plan.embed.size, plan.embed.device) == (0, 1, "cpu")
