@@ -87,6 +87,8 @@ class ClipEncoder:
         self.source = spec.resolve()
         self.device = pick_device(spec.device)
         self.model = _build_model(self.source).to(self.device).eval()
+        # GPUs before Ampere (T4, V100) only emulate bf16, and fp16 could overflow: fp32 there.
+        self._bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         visual = self.model.visual
         mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
@@ -125,17 +127,14 @@ class ClipEncoder:
             return _normalised(torch.cat(features))
 
     def _precision(self):
-        """On a GPU, bf16 matrix products (tensor cores, half the memory traffic) with fp32 weights,
-        norms and softmax: bf16 has fp32's range, so no activation overflows as fp16's can. CPUs
-        have no fast path for it: fp32 there."""
+        """On a GPU with bf16 tensor cores, bf16 matrix products (half the memory traffic) with fp32
+        weights, norms and softmax: bf16 has fp32's range, so no activation overflows as fp16's
+        can. Elsewhere fp32 (CPUs have no fast path for it)."""
         import contextlib
 
         import torch
 
-        if self.device != "cuda":
-            return contextlib.nullcontext()
-        # Before Ampere (T4, V100) bf16 is emulated, without tensor cores: fp16 products there.
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.get_device_capability(self.device)[0] >= 8 else torch.float16)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self._bf16 else contextlib.nullcontext()
 
     def _normalise(self, batch):
         """uint8 NHWC on the model's device -> the model's normalised NCHW input."""
@@ -285,8 +284,9 @@ class ClipEmbedder:
 def _each_on_failure(inputs: list, encode, device: str) -> list:
     """`encode(inputs)` (a list, one result per input); where the batch call fails (the device out
     of memory), each input alone, and where that fails too, its error message. An error that
-    leaves the device unusable is raised (encoders.device_faults)."""
-    from shoplens.encoders.device_faults import recoverable
+    leaves the device unusable is raised (encoders.device_faults), and so is one that every input
+    of a batch meets alone too: that is a bug, not an input's fault."""
+    from shoplens.encoders.device_faults import recoverable, release
 
     try:
         return encode(inputs)
@@ -294,14 +294,18 @@ def _each_on_failure(inputs: list, encode, device: str) -> list:
         if not recoverable(e, device):
             raise
         log.warning("the model failed on a batch of %d items (%s): encoding them one by one", len(inputs), e)
-    results = []
+    release(device)
+    results, errors = [], []
     for one in inputs:
         try:
             results += encode([one])
         except RuntimeError as e:
             if not recoverable(e, device):
                 raise
+            errors.append(e)
             results.append(f"the model failed on this item: {e}")
+    if len(inputs) > 1 and len(errors) == len(inputs):
+        raise errors[0]
     return results
 
 

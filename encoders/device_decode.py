@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shoplens.encoders.device_faults import recoverable
+from shoplens.encoders.device_faults import recoverable, release
 from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
 from shoplens.encoders.phash import hashes_on_host, pdq_bits, pdq_hash
 
@@ -108,18 +108,12 @@ def decode_on_device(
     hashed: dict[int, tuple] = {}  # image -> (its bits and quality on the device)
     for batch_members in _decode_batches(on_device, [checked[n].pixels for n in on_device]):
         jpegs = {n: images[n] for n in batch_members}
-        try:
-            hashed |= _device_steps(jpegs, checked, out, size, device)
-        except RuntimeError as e:  # what torch raises for device faults, out-of-memory included
-            if not recoverable(e, device):
-                raise
-            log.warning("device decode failed for a batch of %d images (%s): retrying one by one", len(jpegs), e)
-            for n, data in jpegs.items():
-                try:
-                    hashed |= _device_steps({n: data}, checked, out, size, device)
-                except RuntimeError as e:
-                    if not recoverable(e, device):
-                        raise  # left to the CPU otherwise
+        if (done := _on_device(device, _device_steps, jpegs, checked, out, size, device)) is not None:
+            hashed |= done
+            continue
+        log.warning("device decode failed for a batch of %d images: retrying one by one", len(jpegs))
+        for n, data in jpegs.items():
+            hashed |= _on_device(device, _device_steps, {n: data}, checked, out, size, device) or {}  # else the CPU
     for n, fingerprint in zip(hashed, hashes_on_host([bits for bits, _ in hashed.values()], [q for _, q in hashed.values()])):
         fingerprints[n] = fingerprint
     for n, data in enumerate(images):
@@ -146,17 +140,11 @@ def _device_steps(jpegs: dict[int, bytes], checked: dict[int, JpegHeader], out, 
     decoded = {n: oriented(image, checked[n].orientation) for n, image in decoded.items()}  # the unrotated ones freed
     hashed = {}
     for group in _same_shape_groups(decoded):
-        try:
-            hashed |= _resize_and_hash(group, out, size)
-        except RuntimeError as e:  # e.g. a resize too large for the device's kernel: each alone, then the CPU
-            if not recoverable(e, device):
-                raise
-            for n, image in group.items():
-                try:
-                    hashed |= _resize_and_hash({n: image}, out, size)
-                except RuntimeError as e:
-                    if not recoverable(e, device):
-                        raise
+        if (done := _on_device(device, _resize_and_hash, group, out, size)) is not None:
+            hashed |= done
+            continue
+        for n, image in group.items():  # e.g. a resize too large for the device's kernel: each alone, then the CPU
+            hashed |= _on_device(device, _resize_and_hash, {n: image}, out, size) or {}
     return hashed
 
 
@@ -179,6 +167,18 @@ def _decode_batches(members: list[int], pixels: list[int]) -> list[list[int]]:
         batches[-1].append(n)
         total += count
     return batches
+
+
+def _on_device(device: str, step, *args):
+    """`step(*args)`, or None where it failed in a way the device survives (encoders.device_faults);
+    other errors are raised. The failed step's tensors are freed before the caller retries."""
+    try:
+        return step(*args)
+    except RuntimeError as e:  # what torch raises for device faults, out-of-memory included
+        if not recoverable(e, device):
+            raise
+    release(device)
+    return None
 
 
 def _resize_and_hash(group: dict, out, size: int) -> dict[int, tuple]:

@@ -3,17 +3,19 @@ the orientation classifier that ship inside its wheel, on ONNX Runtime. The bund
 named explicitly: rapidocr downloads any model it is not pointed at, and these hosts may have no
 network.
 
-Detection runs on the picture scaled down to at most `max_side` pixels (rapidocr's default scales
-the short side *up* to 736, which makes a product photo several times dearer); only what it
-detects is recognised, and lines below `min_confidence` are dropped.
+The picture is read scaled down to at most `max_side` pixels on its long side (rapidocr's default
+detector scales the short side *up* to 736, which makes a product photo several times dearer);
+only what is detected is recognised, and lines below `min_confidence` are dropped.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+MIN_READ_SIDE = 48  # pixels of the scaled picture's short side: more than one 32-px rounding step
 MODEL_FILES = {
     "Det.model_path": "PP-OCRv6_det_small.onnx",
     "Cls.model_path": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
@@ -61,6 +63,12 @@ class TextReader:
     def __call__(self, rgb: np.ndarray) -> list[TextLine]:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 1:
             raise ValueError(f"expected a uint8 RGB picture [H, W, 3], got {rgb.dtype} {rgb.shape}")
+        height, width = rgb.shape[:2]
+        # Scaled to `max_side`, each side is rounded to a multiple of 32: a banner much thinner
+        # than that would round to nothing. Padded below and to the right, the boxes keep their place.
+        short = math.ceil(MIN_READ_SIDE * max(height, width) / self.max_side)
+        if min(height, width) < short:
+            rgb = np.pad(rgb, ((0, max(0, short - height)), (0, max(0, short - width)), (0, 0)), mode="edge")
         result = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # rapidocr takes OpenCV's BGR
         if result.txts is None:
             return []

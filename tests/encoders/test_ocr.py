@@ -39,6 +39,20 @@ def test_boxes_are_in_the_pictures_pixels_when_it_is_scaled_down_to_read(reader)
     assert 1750 <= min(xs) and max(xs) <= 3000 and 2250 <= min(ys) and max(ys) <= 2450
 
 
+@pytest.mark.parametrize("shape", [(20, 2000), (60, 4000), (2000, 20)])
+def test_banners_far_thinner_than_wide_are_read_not_refused(reader, shape):
+    import cv2
+
+    image = np.full((*shape, 3), 255, np.uint8)
+    if shape[1] > shape[0]:
+        cv2.putText(image, "SALE", (10, shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX, shape[0] / 40, (0, 0, 0), 2)
+    lines = reader(image)  # padded to be read: boxes may reach into the padding below
+    if shape[1] > shape[0]:
+        assert [line.text for line in lines] == ["SALE"] and max(x for x, _ in lines[0].box) < 200
+    else:
+        assert lines == []
+
+
 def test_an_upside_down_line_is_read_the_right_way_up(reader):
     image = picture([("Genuine leather bag", (20, 150))])[::-1, ::-1]
     assert [line.text for line in reader(np.ascontiguousarray(image))] == ["Genuine leather bag"]

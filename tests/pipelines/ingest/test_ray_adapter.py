@@ -86,3 +86,35 @@ def test_a_local_ray_plans_from_its_live_resources(ray_session, monkeypatch, tmp
     monkeypatch.setenv("HOME", str(tmp_path))  # no launcher config here
     plan = plan_cluster("auto")
     assert (plan.embed.num_gpus, plan.embed.size, plan.embed.device) == (0, 1, "cpu")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "available_node_types: {gpu: {max_workers: .inf, resources: {CPU: 4, GPU: 1}}}",
+        "- a list",
+        "",
+        "available_node_types: {gpu: {max_workers: 2, resources: {GPU: .nan}}}",
+    ],
+)
+def test_a_launcher_config_of_any_shape_never_raises(tmp_path, text):
+    from shoplens.pipelines.ingest.ray_adapter import configured_gpu_nodes
+
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(text)
+    assert configured_gpu_nodes(bootstrap) == []
+
+
+def test_a_gpu_node_without_cpus_gets_gpu_actors_that_reserve_none():
+    plan = plan_pools([8], 1, "auto", cpus_per_gpu=0.0)
+    assert (plan.embed.num_gpus, plan.embed.num_cpus) == (1, 0)
+
+
+def test_a_launcher_config_left_by_a_former_head_is_ignored_by_a_ray_this_process_started(ray_session, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from shoplens.pipelines.ingest.ray_adapter import plan_cluster
+
+    (tmp_path / "ray_bootstrap_config.yaml").write_text((Path(__file__).parents[3] / "ray_cluster.yaml").read_text())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert plan_cluster("auto").embed.num_gpus == 0  # no GPU actors that no node could ever hold
