@@ -182,17 +182,7 @@ def test_out_of_memory_is_retried_but_a_lost_gpu_stops_the_stage(micro_encoder, 
     assert recoverable(torch.OutOfMemoryError("CUDA out of memory"), "cuda")
     assert recoverable(RuntimeError("CUDA error: an illegal memory access was encountered"), "cuda") == torch.cuda.is_available()
 
-    stage = ClipEmbedder.__new__(ClipEmbedder)
-    stage.encoder, stage.keep_pixels = micro_encoder, False
-    pixels = np.empty(2, dtype=object)
-    pixels[:] = [photos[0:1], photos[1:2]]
-    batch = {
-        "item_id": np.array(["a", "b"], dtype=object),
-        "status": np.array([OK] * 2, dtype=object),
-        "error": np.array([None] * 2, dtype=object),
-        "title": np.array([None] * 2, dtype=object),
-        "pixels": pixels,
-    }
+    stage, batch = stage_and_two_photos(micro_encoder, photos)
     alone = [micro_encoder.encode_images(photos[k : k + 1]) for k in (0, 1)]  # before the device is "cuda"
     monkeypatch.setattr(micro_encoder, "device", "cuda")
 
@@ -216,8 +206,21 @@ def test_out_of_memory_is_retried_but_a_lost_gpu_stops_the_stage(micro_encoder, 
 
 def test_a_failure_every_item_meets_alone_too_is_raised_not_written_as_row_errors(micro_encoder, photos, monkeypatch):
     """A bug (a dtype mismatch, say) fails every item: the stage stops rather than report each one."""
+    stage, batch = stage_and_two_photos(micro_encoder, photos)
+
+    def mismatch(frames):
+        raise RuntimeError("expected scalar type Float but found Half")
+
+    monkeypatch.setattr(micro_encoder, "encode_images", mismatch)
+    with pytest.raises(RuntimeError, match="expected scalar type Float"):
+        stage(batch)
+
+
+def stage_and_two_photos(encoder, photos) -> tuple[ClipEmbedder, dict]:
+    """The embed stage on `encoder` (its constructor loads the same model) and a batch of two
+    untitled photos."""
     stage = ClipEmbedder.__new__(ClipEmbedder)
-    stage.encoder, stage.keep_pixels = micro_encoder, False
+    stage.encoder, stage.keep_pixels = encoder, False
     pixels = np.empty(2, dtype=object)
     pixels[:] = [photos[0:1], photos[1:2]]
     batch = {
@@ -227,10 +230,4 @@ def test_a_failure_every_item_meets_alone_too_is_raised_not_written_as_row_error
         "title": np.array([None] * 2, dtype=object),
         "pixels": pixels,
     }
-
-    def mismatch(frames):
-        raise RuntimeError("expected scalar type Float but found Half")
-
-    monkeypatch.setattr(micro_encoder, "encode_images", mismatch)
-    with pytest.raises(RuntimeError, match="expected scalar type Float"):
-        stage(batch)
+    return stage, batch
