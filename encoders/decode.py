@@ -5,7 +5,9 @@ with `pixels` [F, size, size, 3], `frame_index` and `timestamp_s` [F], `media_sh
 and, when fingerprinting, `pdq` and `pdq_quality` [F]: each frame's PDQ hash taken on the whole
 picture (the model sees only its centre square). A JPEG left to the embedding device
 (`defer_jpegs`) leaves with no frame, its bytes in `encoded`, and [None] and [-1] as its hash and
-quality: the embed stage decodes and fingerprints it.
+quality: the embed stage decodes and fingerprints it. With `read_side` set for a kind, its rows also
+leave with `whole` [F, H, W, 3]: each frame whole, fitted within that many pixels, for OCR
+(None where not read); such images are never left to the device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 
 import numpy as np
 
-from shoplens.encoders.device_decode import decode_on_cpu, jpeg_header
+from shoplens.encoders.device_decode import decode_whole, jpeg_header
 from shoplens.encoders.media import ImageLimits, MediaError, check_extension, local_copy, read_media, text_or_none
 from shoplens.encoders.rows import ERROR, OK, PRODUCT, SKIPPED
 from shoplens.encoders.video import FrameSampling, VideoLimits, sample_frames
@@ -31,7 +33,7 @@ class MediaDecoder:
     the row's `error`, and the batch goes on."""
 
     reads = ("item_id", "kind", "media_uri", "status", "error", "frames", "known_sha256")
-    adds = ("media_sha256", "note", "pixels", "frame_index", "timestamp_s", "pdq", "pdq_quality", *DEFERRED_COLUMNS)
+    adds = ("media_sha256", "note", "pixels", "frame_index", "timestamp_s", "pdq", "pdq_quality", "whole", *DEFERRED_COLUMNS)
     drops = ()
 
     def __init__(
@@ -42,8 +44,10 @@ class MediaDecoder:
         fingerprint: bool = False,
         defer_jpegs: bool = False,
         media_root: str | None = None,
+        read_side: dict[str, int] | None = None,
     ):
         self.size = image_size
+        self.read_side = read_side or {}  # kind -> the long side of `whole` pictures (0 or absent: none)
         # Local media are opened inside this folder only, checked again at open time (encoders.media).
         self.media_root = None if media_root is None or "://" in media_root else media_root
         self.fingerprint = fingerprint
@@ -63,6 +67,7 @@ class MediaDecoder:
             "media_sha256": np.full(n, None, dtype=object),
             "note": np.full(n, None, dtype=object),
             "pixels": np.empty(n, dtype=object),
+            "whole": np.full(n, None, dtype=object),
             "frame_index": np.empty(n, dtype=object),
             "timestamp_s": np.empty(n, dtype=object),
             "pdq": np.empty(n, dtype=object),
@@ -81,7 +86,14 @@ class MediaDecoder:
                     out["status"][i], out["error"][i] = ERROR, str(e)
                 except Exception as e:  # a decoder bug must cost one row, never the batch
                     out["status"][i], out["error"][i] = ERROR, f"unexpected {type(e).__name__} while decoding: {e}"
-            pixels, index, seconds, hashes, qualities = frames or (np.zeros((0, self.size, self.size, 3), np.uint8), [], [], [], [])
+            pixels, index, seconds, hashes, qualities, out["whole"][i] = frames or (
+                np.zeros((0, self.size, self.size, 3), np.uint8),
+                [],
+                [],
+                [],
+                [],
+                None,
+            )
             out["pixels"][i] = pixels
             out["frame_index"][i] = np.asarray(index, np.int64)
             out["timestamp_s"][i] = np.asarray(seconds, np.float32)
@@ -100,17 +112,21 @@ class MediaDecoder:
             check_extension(uri)
             # Larger files (full-size camera photos) are decoded here, at a reduced JPEG scale: their
             # bytes would crowd the object store and the GPU actor's batches.
-            header = jpeg_header(data, self.image_limits) if self.defer_jpegs and len(data) <= DEFER_MAX_BYTES else None
+            side = self.read_side.get(PRODUCT, 0)
+            deferrable = self.defer_jpegs and not side and len(data) <= DEFER_MAX_BYTES
+            header = jpeg_header(data, self.image_limits) if deferrable else None
             if header and header.on_device:  # decoded and fingerprinted by the embed stage
                 out["encoded"][i], out["exif_orientation"][i], out["jpeg_pixels"][i] = data, header.orientation, header.pixels
-                return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None]
-            pixels, (hashed, quality) = decode_on_cpu(data, self.size, self.image_limits, self.fingerprint)
-            return pixels[None], [0], [0.0], [hashed], [quality]
+                return np.zeros((0, self.size, self.size, 3), np.uint8), [0], [0.0], [None], [None], None
+            pixels, (hashed, quality), whole = decode_whole(data, self.size, self.image_limits, self.fingerprint, side)
+            return pixels[None], [0], [0.0], [hashed], [quality], None if whole is None else whole[None]
         with local_copy(uri, MAX_VIDEO_BYTES, self.media_root) as (path, sha256):
             out["media_sha256"][i] = sha256
             if sha256 == known:
                 out["status"][i] = SKIPPED
                 return None
-            sampled = sample_frames(path, FrameSampling.parse(batch["frames"][i]), self.size, self.video_limits, self.fingerprint)
+            sampling = FrameSampling.parse(batch["frames"][i])
+            side = self.read_side.get(batch["kind"][i], 0)
+            sampled = sample_frames(path, sampling, self.size, self.video_limits, self.fingerprint, side)
         out["note"][i] = "; ".join(sampled.notes) or None
-        return sampled.pixels, sampled.frame_index, sampled.timestamp_s, sampled.pdq, sampled.pdq_quality
+        return sampled.pixels, sampled.frame_index, sampled.timestamp_s, sampled.pdq, sampled.pdq_quality, sampled.whole

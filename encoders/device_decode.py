@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoplens.encoders.device_faults import recoverable, release
-from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, load_image
+from shoplens.encoders.media import ImageLimits, MediaError, crop_to_model, fit_within, load_image
 from shoplens.encoders.phash import hashes_on_host, pdq_bits, pdq_hash
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,16 @@ def _device_steps(jpegs: dict[int, bytes], checked: dict[int, JpegHeader], out, 
 def decode_on_cpu(data: bytes, size: int, limits: ImageLimits, fingerprint: bool = True) -> tuple[np.ndarray, tuple]:
     """The CPU path: uint8 [size, size, 3] (`encoders.media.decode_image`) and the PDQ (hash,
     quality) of the whole picture, (None, None) unless `fingerprint`. Raises MediaError."""
-    image = load_image(data, size, limits=limits)
-    return crop_to_model(image, size), pdq_hash(np.asarray(image)) if fingerprint else (None, None)
+    pixels, fingerprint, _ = decode_whole(data, size, limits, fingerprint)
+    return pixels, fingerprint
+
+
+def decode_whole(data: bytes, size: int, limits: ImageLimits, fingerprint: bool = True, read_side: int = 0) -> tuple:
+    """`decode_on_cpu`'s pixels and fingerprint, and with `read_side` the whole picture fitted
+    within that many pixels (for OCR), else None."""
+    image = load_image(data, max(size, read_side), limits=limits)
+    whole = fit_within(image, read_side) if read_side else None
+    return crop_to_model(image, size), pdq_hash(np.asarray(image)) if fingerprint else (None, None), whole
 
 
 def _decode_batches(members: list[int], pixels: list[int]) -> list[list[int]]:

@@ -211,6 +211,17 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return (np.clip(values, 0, top).astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
 
 
+def fit_within(image, side: int) -> np.ndarray:
+    """A Pillow image to uint8 [H, W, 3], scaled down (never up) so that its long side is at most `side`."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = min(1.0, side / max(width, height))
+    if scale < 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC, reducing_gap=3.0)
+    return np.array(image, dtype=np.uint8)
+
+
 def crop_to_model(image, size: int) -> np.ndarray:
     """A Pillow image to uint8 [size, size, 3]: its centre square, resized (bicubic)."""
     from PIL import Image

@@ -6,14 +6,21 @@ network.
 The picture is read scaled down to at most `max_side` pixels on its long side (rapidocr's default
 detector scales the short side *up* to 736, which makes a product photo several times dearer);
 only what is detected is recognised, and lines below `min_confidence` are dropped.
+
+`ReadText` is the ingest's OCR stage: it reads each row's `whole` pictures (encoders.decode) and
+reads a video frame whose PDQ hash is within `repeat_distance` of the frame read before it only
+once: a static overlay over many frames costs one read.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
+
+from shoplens.encoders.rows import OK
 
 MIN_READ_SIDE = 48  # pixels of the scaled picture's short side: more than one 32-px rounding step
 MODEL_FILES = {
@@ -21,6 +28,33 @@ MODEL_FILES = {
     "Cls.model_path": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
     "Rec.model_path": "PP-OCRv6_rec_small.onnx",
 }
+
+
+def ocr_provenance(max_side: int, min_confidence: float) -> str:
+    """What made a row's text, stored like `model`: a new reader or setting re-reads every item."""
+    models = "+".join(MODEL_FILES[key].removesuffix(".onnx") for key in ("Det.model_path", "Rec.model_path"))
+    return f"rapidocr-{version('rapidocr')}/{models}@{max_side}px,min{min_confidence:g}"
+
+
+def frame_text(lines: list[dict]) -> str:
+    """A frame's text: its lines in reading order, one a line."""
+    return "\n".join(line["text"] for line in lines)
+
+
+def distinct_lines(frames: list[list[dict]], timestamps) -> list[dict]:
+    """An item's lines: each distinct text once, where it first appears, with that frame's time."""
+    seen, out = set(), []
+    for lines, seconds in zip(frames, timestamps):
+        for line in lines:
+            if line["text"] not in seen:
+                seen.add(line["text"])
+                out.append({**line, "timestamp_s": float(seconds)})
+    return out
+
+
+def item_text(frames: list[list[dict]]) -> str:
+    """An item's text: its distinct lines in the order they first appear (a product's one picture, in reading order)."""
+    return frame_text(distinct_lines(frames, [0.0] * len(frames)))
 
 
 @dataclass(frozen=True)
@@ -77,3 +111,53 @@ class TextReader:
             for text, confidence, box in zip(result.txts, result.scores, result.boxes)
             if text.strip() and confidence >= self.min_confidence
         ]
+
+
+class ReadText:
+    """OCR stage. Reads `status`, `whole` (per row, [F, H, W, 3] or None where not read) and
+    `pdq`; adds `frame_ocr_lines` (per row, per frame, a list of {text, confidence, box}, the box's
+    four corners as fractions of the picture's width and height), `ocr_error`, and `ocr_model`
+    (`ocr_provenance`, where read); drops `whole`. A row OCR fails on keeps its error in
+    `ocr_error` and no `ocr_model`; the batch goes on."""
+
+    reads = ("status", "whole", "pdq")
+    adds = ("frame_ocr_lines", "ocr_error", "ocr_model")
+    drops = ("whole",)
+
+    def __init__(self, max_side: int = 640, min_confidence: float = 0.5, repeat_distance: int = 10, num_threads: int | None = None):
+        self.reader = TextReader(max_side, min_confidence, num_threads)
+        self.repeat_distance = repeat_distance
+        self.provenance = ocr_provenance(max_side, min_confidence)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["status"])
+        lines, errors, models = (np.full(n, None, dtype=object) for _ in range(3))
+        for i in range(n):
+            if batch["status"][i] != OK or batch["whole"][i] is None:
+                continue
+            try:
+                lines[i] = self._read_frames(batch["whole"][i], batch["pdq"][i])
+                models[i] = self.provenance
+            except Exception as e:  # one picture's failure costs its own row
+                errors[i] = f"OCR failed: {type(e).__name__}: {e}"
+        out = {k: v for k, v in batch.items() if k not in self.drops}
+        return {**out, "frame_ocr_lines": lines, "ocr_error": errors, "ocr_model": models}
+
+    def _read_frames(self, pictures, hashes) -> list[list[dict]]:
+        from shoplens.encoders.phash import hamming, hash_bytes
+
+        read, last_hash = [], None
+        for picture, pdq in zip(pictures, hashes):
+            this_hash = hash_bytes([pdq]) if pdq is not None else None
+            if read and this_hash is not None and last_hash is not None and hamming(this_hash, last_hash)[0, 0] <= self.repeat_distance:
+                read.append(read[-1])  # the same picture as the frame read before: the same text
+                continue
+            height, width = picture.shape[:2]
+            read.append([_line_dict(line, width, height) for line in self.reader(np.asarray(picture))])
+            last_hash = this_hash
+        return read
+
+
+def _line_dict(line: TextLine, width: int, height: int) -> dict:
+    box = [round(min(1.0, max(0.0, v / side)), 5) for x, y in line.box for v, side in ((x, width), (y, height))]
+    return {"text": line.text, "confidence": round(line.confidence, 4), "box": box}

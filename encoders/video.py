@@ -80,6 +80,7 @@ class SampledFrames:
     notes: list[str] = field(default_factory=list)  # what was capped or cut short
     pdq: list[str | None] = field(default_factory=list)  # per frame, when fingerprinted (encoders.phash)
     pdq_quality: list[int | None] = field(default_factory=list)
+    whole: np.ndarray | None = None  # uint8 [F, H, W, 3]: each whole frame fitted within `read_side` (for OCR)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,11 @@ class VideoLimits:
 
 
 def sample_frames(
-    path: str, sampling: FrameSampling, size: int, limits: VideoLimits = VideoLimits(), fingerprint: bool = False
+    path: str, sampling: FrameSampling, size: int, limits: VideoLimits = VideoLimits(), fingerprint: bool = False, read_side: int = 0
 ) -> SampledFrames:
     """Samples frames from a local video file, each resized (shortest side) and centre-cropped
-    to `size`, RGB, and with `fingerprint` PDQ-hashed whole. Raises MediaError when the file
+    to `size`, RGB, with `fingerprint` PDQ-hashed whole, and with `read_side` also kept whole,
+    fitted within `read_side` pixels. Raises MediaError when the file
     yields no frame at all."""
     import cv2
 
@@ -110,6 +112,7 @@ def sample_frames(
         claimed = claimed if claimed > 0 else None
         max_read = int(sampling.max_duration_s * (fps or 25.0))
         reader = _Reader(capture, fps or 25.0, max_frames_read=max_read, seekable=claimed is not None, size=size, fingerprint=fingerprint)
+        reader.read_side = read_side  # >0: each frame is also kept whole, fitted within this many pixels
         reader.capped = claimed is not None and claimed > reader.max_frames_read
         if sampling.strategy == "scene":
             picked = _scene_frames(reader, sampling)
@@ -123,9 +126,15 @@ def sample_frames(
     if not picked:
         detail = f"; {notes[0]}" if notes else ""
         raise MediaError(f"the video yielded no decodable frame{detail}")
-    indices, timestamps, pixels, hashes, qualities = zip(*picked)
+    indices, timestamps, pixels, hashes, qualities, whole = zip(*picked)
     return SampledFrames(
-        np.stack(pixels), np.array(indices, np.int64), np.array(timestamps, np.float32), notes, list(hashes), list(qualities)
+        np.stack(pixels),
+        np.array(indices, np.int64),
+        np.array(timestamps, np.float32),
+        notes,
+        list(hashes),
+        list(qualities),
+        np.stack(whole) if read_side else None,
     )
 
 
@@ -139,6 +148,7 @@ class _Reader:
         self.position = 0  # index of the next frame grab() returns
         self.ended = False  # the stream stopped before we did
         self.capped = False  # we stopped at max_frames_read
+        self.read_side = 0
 
     def advance_to(self, index: int, seek_gap: int) -> bool:
         """Grabs frame `index` (seeking across long gaps); False when the stream has no such frame."""
@@ -166,14 +176,14 @@ class _Reader:
         return frame if ok and frame is not None else None
 
     def take(self, index: int, frame_bgr: np.ndarray) -> tuple:
-        """(index, timestamp, model pixels, PDQ hash, its quality) of a retrieved frame."""
+        """(index, timestamp, model pixels, PDQ hash, its quality, the whole frame or None) of a retrieved frame."""
         import cv2
 
         from shoplens.encoders.phash import pdq_hash
 
         pixels = to_model_pixels(frame_bgr, self.size)
         fingerprint = pdq_hash(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)) if self.fingerprint else (None, None)
-        return (index, index / self.fps, pixels, *fingerprint)
+        return (index, index / self.fps, pixels, *fingerprint, fit_frame(frame_bgr, self.read_side) if self.read_side else None)
 
 
 def container(path: str) -> str:
@@ -282,6 +292,17 @@ def to_model_pixels(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     )
     top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
     return cv2.cvtColor(resized[top : top + size, left : left + size], cv2.COLOR_BGR2RGB)
+
+
+def fit_frame(frame_bgr: np.ndarray, side: int) -> np.ndarray:
+    """An OpenCV frame to uint8 [H, W, 3] RGB, scaled down (never up) to at most `side` on its long side."""
+    import cv2
+
+    height, width = frame_bgr.shape[:2]
+    scale = min(1.0, side / max(width, height))
+    if scale < 1.0:
+        frame_bgr = cv2.resize(frame_bgr, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
 
 def frame_at(path: str, timestamp_s: float) -> np.ndarray:

@@ -88,7 +88,7 @@ def category_signals(policy, category: str, signal_scores: list[dict]) -> dict[s
     """Each signal's item-level score for `category` (the largest of its outputs that feed it;
     NaN where it did not score the item), read from stored `signal_scores`, as the scorer
     computes them. Old heads are left out: calibration trains new ones."""
-    feeds = {"prompt_bank": [category], "title_prompt_bank": [category]}
+    feeds = {name: [category] for name in ("prompt_bank", "title_prompt_bank", "ocr_prompt_bank", "title_text_rules", "ocr_text_rules")}
     feeds |= {name: [o for o, cats in spec.outputs.items() if category in cats] for name, spec in policy.pixel_models.items()}
     out = {}
     for name, outputs in feeds.items():

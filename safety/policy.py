@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoplens.encoders.errors import UsageError
-from shoplens.encoders.rows import ALLOW, BLOCK, RESERVED_CATEGORIES, REVIEW, UNSCORED, risk_column
+from shoplens.encoders.rows import ALLOW, BLOCK, PRODUCT, RESERVED_CATEGORIES, REVIEW, UNSCORED, risk_column
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 PIXEL_MODEL_NAMES = ("open_nsfw", "image_safety_s")
+PROMPT_FIELDS = ("image", "title", "ocr")
 
 
 class PolicyError(UsageError):
@@ -25,10 +27,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TextRulesPolicy(_Strict):
+    """What a category looks for in written text (safety.text_rules)."""
+
+    terms: list[str] = []  # whole words, matched after folding case, width, accents and look-alikes
+    patterns: list[str] = []  # RE2 expressions, case-insensitive
+    detectors: list[Literal["phone_number", "email", "url", "messaging_handle"]] = []
+    score: float = Field(default=0.9, gt=0, le=1)  # the category's probability when a rule matches
+
+    @model_validator(mode="after")
+    def _compiled(self):
+        from shoplens.safety.text_rules import compile_pattern, terms_pattern
+
+        if not (self.terms or self.patterns or self.detectors):
+            raise ValueError("text_rules need terms, patterns or detectors")
+        if any(not t.strip() for t in self.terms):
+            raise ValueError("text_rules.terms must not be blank")
+        for pattern in self.patterns:
+            compile_pattern(pattern)
+        if self.terms:
+            compile_pattern(terms_pattern(self.terms))
+        return self
+
+
+class TextDetectorsPolicy(_Strict):
+    phone_regions: list[str] = ["US"]  # where numbers written without +country are read from
+    allowed_domains: list[str] = []  # hosts (and their subdomains) that are not off-platform
+
+    @model_validator(mode="after")
+    def _known_regions(self):
+        import phonenumbers
+
+        unknown = [r for r in self.phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone regions {unknown}: use ISO 3166 codes such as US, GB, DE")
+        return self
+
+
+class OcrPolicy(_Strict):
+    """Reading text in pictures (encoders.ocr): where, at what size, how sure."""
+
+    enabled: bool = False
+    media: list[Literal["images", "frames"]] = Field(default=["images", "frames"], min_length=1)
+    max_side: int = Field(default=640, ge=32, le=4096)  # pixels of the picture's long side as read
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    # A video frame within this PDQ distance of the frame read before it repeats its text: not read again.
+    repeat_distance: int = Field(default=10, ge=0, le=256)
+
+    def reads(self, kind: str) -> bool:
+        return self.enabled and ("images" if kind == PRODUCT else "frames") in self.media
+
+
 class CategoryPolicy(_Strict):
     review: float = Field(ge=0, le=1)
     block: float = Field(ge=0, le=1)
-    prompts: list[str] = Field(min_length=1)
+    prompts: list[str] = []
+    text_rules: TextRulesPolicy | None = None
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -39,7 +93,7 @@ class CategoryPolicy(_Strict):
 
 class PromptBankPolicy(_Strict):
     logit_scale: float = Field(gt=0)
-    fields: list[str] = ["image", "title"]
+    fields: list[str] = ["image", "title"]  # and `ocr`: the text read in the pictures
     benign: list[str] = Field(min_length=1)
 
 
@@ -78,6 +132,8 @@ class Policy(_Strict):
     prompt_bank: PromptBankPolicy
     pixel_models: dict[str, PixelModelPolicy] = {}
     hash_bank: HashBankPolicy = HashBankPolicy()
+    ocr: OcrPolicy = OcrPolicy()
+    text_detectors: TextDetectorsPolicy = TextDetectorsPolicy()
     heads: str | None = None  # a weights file (safety.heads), relative to the policy file
     aggregation: AggregationPolicy = AggregationPolicy()
     categories: dict[str, CategoryPolicy] = Field(min_length=1)
@@ -100,8 +156,14 @@ class Policy(_Strict):
                 raise ValueError(f"pixel model {model!r} feeds unknown categories {sorted(unknown)}")
         if set(self.calibration) - set(self.categories):
             raise ValueError(f"calibration for unknown categories {sorted(set(self.calibration) - set(self.categories))}")
-        if set(self.prompt_bank.fields) - {"image", "title"}:
-            raise ValueError(f"prompt_bank.fields are image and/or title, not {self.prompt_bank.fields}")
+        if set(self.prompt_bank.fields) - set(PROMPT_FIELDS):
+            raise ValueError(f"prompt_bank.fields are some of {', '.join(PROMPT_FIELDS)}, not {self.prompt_bank.fields}")
+        fed = {c for spec in self.pixel_models.values() for cats in spec.outputs.values() for c in cats}
+        unfed = [name for name, c in self.categories.items() if not c.prompts and c.text_rules is None and name not in fed]
+        if unfed:
+            raise ValueError(f"categories {unfed} have no prompts, text_rules or pixel model: nothing could score them")
+        if "ocr" in self.prompt_bank.fields and not self.ocr.enabled:
+            raise ValueError("prompt_bank.fields has ocr, but ocr is not enabled")
         return self
 
     @property
@@ -115,6 +177,16 @@ class Policy(_Strict):
     @property
     def block_thresholds(self) -> np.ndarray:
         return np.array([c.block for c in self.categories.values()], np.float32)
+
+    @property
+    def prompted(self) -> list[str]:
+        """The categories that have prompts, in the policy's order."""
+        return [name for name, c in self.categories.items() if c.prompts]
+
+    @property
+    def uses_ocr(self) -> bool:
+        """Whether a decision may depend on what OCR reads: then an item OCR failed on is unscored."""
+        return self.ocr.enabled and ("ocr" in self.prompt_bank.fields or any(c.text_rules for c in self.categories.values()))
 
     def heads_path(self) -> Path | None:
         if self.heads is None:

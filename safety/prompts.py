@@ -25,9 +25,10 @@ class PromptBank:
     def __init__(self, policy: Policy, encode_texts: Callable[[list[str]], np.ndarray], model: str):
         prompts = list(policy.prompt_bank.benign)
         owners = [-1] * len(prompts)  # -1: benign
-        for c, category in enumerate(policy.categories.values()):
-            prompts += category.prompts
-            owners += [c] * len(category.prompts)
+        self.categories = policy.prompted  # a category without prompts is scored by its other signals
+        for c, name in enumerate(self.categories):
+            prompts += policy.categories[name].prompts
+            owners += [c] * len(policy.categories[name].prompts)
         key = (model, tuple(prompts))
         if key not in _EMBEDDINGS:
             _EMBEDDINGS[key] = np.asarray(encode_texts(prompts), np.float32)
@@ -35,11 +36,11 @@ class PromptBank:
         self.scale = policy.prompt_bank.logit_scale
         owners = np.array(owners)
         self.benign = owners == -1
-        membership = (owners[:, None] == np.arange(len(policy.categories))[None, :]).astype(np.float64)  # [P, C]
+        membership = (owners[:, None] == np.arange(len(self.categories))[None, :]).astype(np.float64)  # [P, C]
         self.averaging = membership / membership.sum(axis=0)  # weights @ averaging: each category's mean
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
-        """Probabilities [N, C] for L2-normalised vectors [N, D]."""
+        """Probabilities [N, C] of the prompted categories for L2-normalised vectors [N, D]."""
         logits = self.scale * (np.asarray(vectors, np.float64) @ self.embeddings.T.astype(np.float64))  # [N, P]
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))  # shifted: the ratio is unchanged
         category = weights @ self.averaging  # [N, C]

@@ -9,7 +9,11 @@ because a signal was missing.
 
 Raw outputs are kept (`signal_scores`, per item and per frame) so that `shoplens safety rescore`
 can apply a new policy without the pixels: embedding signals are recomputed from the stored
-embeddings, pixel models' outputs are read back.
+embeddings, pixel models' outputs are read back, text rules run again on the stored text.
+
+Text (safety.text_rules, and prompt banks with `fields: [ocr]`) comes from the title, an item-level
+signal spread over its frames, and from what OCR read in each frame (`frame_ocr_lines`). An item OCR
+failed on is `unscored` when the policy's decisions use OCR. `text_match` says what matched where.
 """
 
 from __future__ import annotations
@@ -18,18 +22,24 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 
 from shoplens.encoders.media import text_or_none
+from shoplens.encoders.ocr import frame_text, item_text
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, risk_column
 from shoplens.safety.hashbank import HashBank
 from shoplens.safety.heads import EmbeddingHeads, policy_heads
 from shoplens.safety.pixels import PIXEL_MODELS
 from shoplens.safety.policy import Policy, PolicyError
 from shoplens.safety.prompts import PromptBank
+from shoplens.safety.text_rules import RuleMatch, TextRules
 
 TITLE_SIGNAL = "title_prompt_bank"
+OCR_PROMPT_SIGNAL = "ocr_prompt_bank"
+TITLE_RULES_SIGNAL = "title_text_rules"
+OCR_RULES_SIGNAL = "ocr_text_rules"
 # What scoring adds besides `risk_<category>`: per item, and per frame ([F] or [F, C] per row).
 ITEM_SCORE_COLUMNS = (
     "risk",
@@ -41,6 +51,7 @@ ITEM_SCORE_COLUMNS = (
     "frames_over_review",
     "hash_match",
     "signal_scores",
+    "text_match",
 )
 FRAME_SCORE_COLUMNS = ("frame_signal_scores", "frame_risks", "frame_hash_match")
 
@@ -68,9 +79,9 @@ class SafetyScorer:
     """Scoring stage. Reads `status`, `kind`, `title`, `text_vector`, and per frame
     `frame_vectors` [F, D], `pixels` [F, S, S, 3] (or, with `stored_pixel_scores`,
     `frame_signal_scores`: the raw outputs an earlier run kept), `pdq`, `pdq_quality`,
-    `timestamp_s`. Adds `risk_<category>`, `risk`, `decision`, `safety_version`, `safety_error`,
+    `timestamp_s`, and where OCR ran `frame_ocr_lines` and `ocr_error`. Adds `risk_<category>`, `risk`, `decision`, `safety_version`, `safety_error`,
     `evidence_timestamp_s`, `risk_topk_mean`, `frames_over_review`, `hash_match`,
-    `signal_scores`, and per frame `frame_risks` [F, C], `frame_hash_match`, `frame_signal_scores`."""
+    `signal_scores`, `text_match`, and per frame `frame_risks` [F, C], `frame_hash_match`, `frame_signal_scores`."""
 
     def __init__(
         self,
@@ -87,15 +98,30 @@ class SafetyScorer:
         names = policy.names
         frame_inputs = ("frame_signal_scores",) if stored_pixel_scores else ("pixels",)
         self.reads = ("status", "kind", "title", "text_vector", "frame_vectors", *frame_inputs, "pdq", "pdq_quality", "timestamp_s")
+        if policy.ocr.enabled:
+            self.reads += ("frame_ocr_lines", "ocr_error")
         self.adds = (*map(risk_column, names), *ITEM_SCORE_COLUMNS, *(c for c in FRAME_SCORE_COLUMNS if c not in frame_inputs))
         self.drops = ()
-        identity = np.eye(len(names), dtype=bool)
-        prompts = PromptBank(policy, encode_texts, model)
-        self.frame_signals, self.title_signals = [], []
-        if "image" in policy.prompt_bank.fields:
-            self.frame_signals.append(_Signal("prompt_bank", "vectors", prompts, names, identity))
-        if "title" in policy.prompt_bank.fields:
-            self.title_signals.append(_Signal(TITLE_SIGNAL, "vectors", prompts, names, identity))
+        self.encode_texts = encode_texts
+        # Item-level signals (the title's, the OCR text's) count for each of the item's frames.
+        self.frame_signals, self.item_signals = [], []
+        fields = set(policy.prompt_bank.fields)
+        if policy.prompted and fields:
+            prompts = PromptBank(policy, encode_texts, model)
+            feeds = _feeds(prompts.categories, names)
+            if "image" in fields:
+                self.frame_signals.append(_Signal("prompt_bank", "vectors", prompts, prompts.categories, feeds))
+            if "title" in fields:
+                self.item_signals.append(_Signal(TITLE_SIGNAL, "title_vector", prompts, prompts.categories, feeds))
+            if "ocr" in fields:
+                self.item_signals.append(_Signal(OCR_PROMPT_SIGNAL, "ocr_vector", prompts, prompts.categories, feeds))
+        self.rules = TextRules(policy)
+        if self.rules.categories:
+            feeds = _feeds(self.rules.categories, names)
+            self.item_signals.append(_Signal(TITLE_RULES_SIGNAL, "title", self._rule_scores, self.rules.categories, feeds))
+            if policy.ocr.enabled:
+                self.frame_signals.append(_Signal(OCR_RULES_SIGNAL, "ocr_text", self._rule_scores, self.rules.categories, feeds))
+        self._matches: dict[str, list[RuleMatch]] = {}
         heads = heads if heads is not None else policy_heads(policy)  # as the store or the file gave them
         if heads is not None:
             if heads.model != model:
@@ -114,21 +140,20 @@ class SafetyScorer:
         n, names = len(batch["status"]), self.policy.names
         ok = np.flatnonzero(batch["status"] == OK)
         failed: dict[int, str] = {}
+        self._matches = {}
 
         # Frames of all ok rows, flat: `owner` says whose each is.
         counts = [len(batch["frame_vectors"][i]) for i in ok]
         owner = np.repeat(ok, counts)
-        inputs = {"vectors": [batch["frame_vectors"][i] for i in ok]}
-        if "pixels" in batch:
-            inputs["pixels"] = [batch["pixels"][i] for i in ok]
-        raw = {s.name: self._raw(s, inputs, ok, owner, batch, failed) for s in self.frame_signals}
+        read = self._ocr_read(batch, ok, dict(zip(ok.tolist(), counts)), failed)
+        raw = {s.name: self._raw(s, *self._frame_inputs(s, batch, ok, read), owner, failed) for s in self.frame_signals}
         per_signal = {s.name: s.by_category(raw[s.name]) for s in self.frame_signals}
-        titled = np.array([i for i in ok if text_or_none(batch["title"][i]) is not None], np.int64)
-        title_inputs = {"vectors": [np.asarray(batch["text_vector"][i], np.float32)[None] for i in titled]}
-        title_raw = {s.name: self._raw(s, title_inputs, titled, titled, batch, failed) for s in self.title_signals}
-        for signal in self.title_signals:  # an item's title counts for each of its frames
+        item_raw = {}
+        for signal in self.item_signals:  # an item's title (or OCR text) counts for each of its frames
+            items, values = self._item_inputs(signal, batch, ok, read)
+            item_raw[signal.name] = (items, self._raw(signal, items, values, items, failed))
+            by_item = dict(zip(items.tolist(), signal.by_category(item_raw[signal.name][1])))
             per_frame = np.full((len(owner), len(names)), np.nan, np.float32)
-            by_item = dict(zip(titled.tolist(), signal.by_category(title_raw[signal.name])))
             for t, item in enumerate(owner.tolist()):
                 per_frame[t] = by_item.get(item, np.nan)
             per_signal[signal.name] = per_frame
@@ -146,28 +171,103 @@ class SafetyScorer:
         out = self._aggregate(batch, ok, owner, frame_risks, frame_hash_match, failed)
         frame_risks[np.isin(owner, [i for i in ok if out["decision"][i] == UNSCORED])] = np.nan
         frame_scores = [self._scores_json(raw, t) for t in range(len(owner))]
-        per_item = {key: _objects(n) for key in ("frame_risks", "frame_hash_match", "frame_signal_scores")}
-        signal_scores = _objects(n)
+        per_item = {key: _objects(n) for key in ("frame_risks", "frame_hash_match", "frame_signal_scores", "signal_scores", "text_match")}
         starts = np.concatenate([[0], np.cumsum(counts)])
-        title_row = {item: j for j, item in enumerate(titled.tolist())}
+        item_row = {name: {item: j for j, item in enumerate(items.tolist())} for name, (items, _) in item_raw.items()}
         for k, i in enumerate(ok):
             mine = slice(starts[k], starts[k + 1])
             per_item["frame_risks"][i] = frame_risks[mine]
             per_item["frame_hash_match"][i] = frame_hash_match[mine]
             per_item["frame_signal_scores"][i] = frame_scores[mine]
             # An item without frames (a stored video whose frames are gone) has no frame outputs.
-            item_raw = {name: values[mine].max(axis=0, keepdims=True) for name, values in raw.items() if starts[k + 1] > starts[k]}
-            if i in title_row:
-                item_raw |= {name: values[title_row[i]][None] for name, values in title_raw.items()}
-            signal_scores[i] = self._scores_json(item_raw, 0)
-        return {**batch, **out, **per_item, "signal_scores": signal_scores}
+            scores = {name: values[mine].max(axis=0, keepdims=True) for name, values in raw.items() if starts[k + 1] > starts[k]}
+            scores |= {name: values[item_row[name][i]][None] for name, (_, values) in item_raw.items() if i in item_row[name]}
+            per_item["signal_scores"][i] = self._scores_json(scores, 0)
+            per_item["text_match"][i] = self._text_match(batch, i, read.get(int(i)))
+        return {**batch, **out, **per_item}
 
-    def _raw(self, signal: _Signal, inputs: dict, items: np.ndarray, owner: np.ndarray, batch, failed: dict[int, str]) -> np.ndarray:
-        """`signal`'s raw outputs [T, K] for every row of `owner` (NaN where it failed). It runs
-        on the whole batch at once; when that fails, item by item, so one bad item costs only
-        its own score."""
+    def _ocr_read(self, batch, ok: np.ndarray, counts: dict[int, int], failed: dict[int, str]) -> dict[int, list]:
+        """The OCR lines of each frame of every ok item OCR read; an item it failed on (or whose
+        lines do not match its frames) fails when the policy's decisions use OCR."""
+        if not self.policy.ocr.enabled or "frame_ocr_lines" not in batch:
+            return {}
+        read = {}
+        for i in ok.tolist():
+            error, lines = batch["ocr_error"][i], batch["frame_ocr_lines"][i]
+            if error is None and lines is not None and len(lines) != counts[i]:
+                error = f"OCR read {len(lines)} frames of {counts[i]}"
+            if error is not None and self.policy.uses_ocr:
+                failed.setdefault(i, str(error))
+            elif lines is not None and error is None:
+                read[i] = [list(frame) if frame is not None else [] for frame in lines]
+        return read
+
+    def _frame_inputs(self, signal: _Signal, batch, ok: np.ndarray, read: dict[int, list]) -> tuple[np.ndarray, list]:
+        """(the items `signal` scores, their values [F, ...] each) for a frame signal."""
+        if signal.inputs == "stored":
+            return ok, _stored(signal, batch, ok)
+        if signal.inputs == "ocr_text":
+            items = np.array(sorted(read), np.int64)
+            return items, [np.array([frame_text(lines) for lines in read[i]], dtype=object) for i in items.tolist()]
+        column = {"vectors": "frame_vectors", "pixels": "pixels"}[signal.inputs]
+        return ok, [batch[column][i] for i in ok]
+
+    def _item_inputs(self, signal: _Signal, batch, ok: np.ndarray, read: dict[int, list]) -> tuple[np.ndarray, list]:
+        """(the items `signal` scores, their values [1, ...] each) for an item-level signal."""
+        if signal.inputs == "title":  # every item: no title is text in which no rule matches
+            return ok, [np.array([text_or_none(batch["title"][i]) or ""], dtype=object) for i in ok]
+        if signal.inputs == "title_vector":
+            titled = np.array([i for i in ok if text_or_none(batch["title"][i]) is not None], np.int64)
+            return titled, [np.asarray(batch["text_vector"][i], np.float32)[None] for i in titled]
+        texts = {i: item_text(read[i]) for i in sorted(read)}
+        items = np.array([i for i, text in texts.items() if text], np.int64)
+        return items, self._encoded([texts[i] for i in items.tolist()])
+
+    def _encoded(self, texts: list[str]) -> list:
+        """Each text's embedding [1, D], or the exception encoding it raised."""
+        if not texts:
+            return []
+        try:
+            return list(np.asarray(self.encode_texts(texts), np.float32)[:, None])
+        except Exception:
+            out = []
+            for text in texts:
+                try:
+                    out.append(np.asarray(self.encode_texts([text]), np.float32))
+                except Exception as e:
+                    out.append(RuntimeError(f"{type(e).__name__}: {e}"))
+            return out
+
+    def _rule_scores(self, texts: np.ndarray) -> np.ndarray:
+        """[T, K]: each text-rule category's probability for each text."""
+        return np.array([self.rules.probabilities(self._rule_matches(str(t))) for t in texts], np.float32).reshape(len(texts), -1)
+
+    def _rule_matches(self, text: str) -> list[RuleMatch]:
+        if text not in self._matches:
+            self._matches[text] = self.rules.match(text)
+        return self._matches[text]
+
+    def _text_match(self, batch, i: int, read: list | None) -> str | None:
+        """JSON: what the text rules matched in item `i`, and where (title, image, or frame at t s)."""
+        if not self.rules.categories:
+            return None
+        found = [{**asdict(m), "source": "title"} for m in self._rule_matches(text_or_none(batch["title"][i]) or "")]
+        seen = {(m["category"], m["rule"], m["text"]) for m in found}
+        for lines, seconds in zip(read or [], batch["timestamp_s"][i]):
+            for m in self._rule_matches(frame_text(lines)):
+                if (m.category, m.rule, m.text) in seen:
+                    continue
+                seen.add((m.category, m.rule, m.text))
+                where = {"source": "image"} if batch["kind"][i] == PRODUCT else {"source": "frame", "timestamp_s": round(float(seconds), 3)}
+                box = next((line["box"] for line in lines if m.text in line["text"]), None)
+                found.append({**asdict(m), **where, "box": box})
+        return json.dumps(found, ensure_ascii=False)
+
+    def _raw(self, signal: _Signal, items: np.ndarray, values: list, owner: np.ndarray, failed: dict[int, str]) -> np.ndarray:
+        """`signal`'s raw outputs [T, K] for every row of `owner` (NaN where it failed or does not
+        apply): `values` are `items`' inputs. It runs on all of them at once; when that fails,
+        item by item, so one bad item costs only its own score."""
         out = np.full((len(owner), len(signal.outputs)), np.nan, np.float32)
-        values = _stored(signal, batch, items) if signal.inputs == "stored" else inputs[signal.inputs]
         usable = []
         for item, value in zip(items, values):
             if isinstance(value, Exception):
@@ -189,7 +289,7 @@ class SafetyScorer:
         return out
 
     def _scores_json(self, raw: dict[str, np.ndarray], row: int) -> str:
-        outputs = {s.name: s.outputs for s in self.frame_signals + self.title_signals}
+        outputs = {s.name: s.outputs for s in self.frame_signals + self.item_signals}
         return json.dumps(
             {
                 name: {o: (None if not np.isfinite(v) else round(float(v), 6)) for o, v in zip(outputs[name], values[row])}
@@ -244,6 +344,11 @@ class SafetyScorer:
             "frames_over_review": np.where(scored, over_review, -1).astype(np.int32),
             "hash_match": hash_match,
         }
+
+
+def _feeds(outputs: list[str], categories: list[str]) -> np.ndarray:
+    """[K, C]: output k feeds the category of its own name."""
+    return np.array([[o == c for c in categories] for o in outputs], bool).reshape(len(outputs), len(categories))
 
 
 def _stored(signal: _Signal, batch, items: np.ndarray) -> list:

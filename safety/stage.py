@@ -28,7 +28,8 @@ class EmbedAndScore:
         self.scorer = SafetyScorer(policy, encoder.encode_texts, encoder.provenance, bank, num_threads, heads, device=encoder.device)
         self.reads = (*self.embedder.reads, *(c for c in self.scorer.reads if c not in self.embedder.adds))
         self.adds = (*self.embedder.adds, *self.scorer.adds)
-        self.drops = (*self.embedder.drops, "pixels")  # the pixel models' input, never shipped on
+        # The pixel models' input, and the whole pictures OCR reads where no OCR stage took them: never shipped on.
+        self.drops = (*self.embedder.drops, "pixels", "whole")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scored = self.scorer(self.embedder(batch))

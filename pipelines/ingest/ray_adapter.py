@@ -42,6 +42,7 @@ class StagePool:
 class PoolPlan:
     decode: StagePool
     embed: StagePool
+    ocr: StagePool | None = None  # reading text in pictures, where the policy asks for it
 
 
 # Cores of each GPU actor: titles are tokenised, and the pixel models' inputs made, on the host.
@@ -50,9 +51,36 @@ GPU_ACTOR_CPUS = 4
 # a batch holds at most 512 MB of them (two are in flight per actor).
 GPU_BATCH_ROWS = 512
 SHIPPED_GPU_NODE_CPUS = 16  # a GPU node of ray_cluster.yaml, for a plan made before any is alive
+# OCR (CPU only, on ONNX Runtime) costs several embeddings a picture (benchmarks/ocr.py): with it on,
+# it takes this share of the model's cores on CPU clusters, of the decoders' on GPU clusters.
+OCR_SHARE = 0.5
+OCR_ACTOR_CPUS = 4
+OCR_BATCH_ROWS = 8
 
 
-def plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None) -> PoolPlan:
+def plan_pools(
+    node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None, ocr: bool = False
+) -> PoolPlan:
+    """`_plan_pools`, with OCR_SHARE of the cores it gives the model (CPU) or the decoders (GPU)
+    moved to an OCR pool when `ocr`."""
+    plan = _plan_pools(node_cpus, gpus, device, gpu_capacity, cpus_per_gpu)
+    if not ocr:
+        return plan
+    if plan.embed.num_gpus:
+        ocr_cpus = max(1, int(plan.decode.size * OCR_SHARE))
+        decode = StagePool(size=max(1, plan.decode.size - ocr_cpus), num_cpus=1, batch_size=plan.decode.batch_size)
+        return PoolPlan(decode, plan.embed, _ocr_pool(ocr_cpus))
+    embed = plan.embed
+    ocr_cpus = embed.size * embed.num_cpus * OCR_SHARE
+    return PoolPlan(plan.decode, StagePool(embed.size, embed.num_cpus * (1 - OCR_SHARE), embed.batch_size), _ocr_pool(ocr_cpus))
+
+
+def _ocr_pool(cpus: float) -> StagePool:
+    actors = max(1, math.ceil(cpus / OCR_ACTOR_CPUS))
+    return StagePool(size=actors, num_cpus=cpus / actors, batch_size=OCR_BATCH_ROWS)
+
+
+def _plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None) -> PoolPlan:
     """Shares a cluster's cores (`node_cpus`, one entry per live node) between decoding and embedding.
 
     GPUs are planned from what the cluster can have, `gpu_capacity` (an autoscaling cluster's
@@ -135,7 +163,7 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def plan_cluster(device: str) -> PoolPlan:
+def plan_cluster(device: str, ocr: bool = False) -> PoolPlan:
     """`plan_pools` for the cluster Ray is connected to."""
     import ray
 
@@ -148,7 +176,7 @@ def plan_cluster(device: str) -> PoolPlan:
     capacity = sum(g * count for _, g, count in configured)
     shapes = live_gpu_nodes + [(c, g) for c, g, _ in configured]
     cpus_per_gpu = min((c / g for c, g in shapes), default=None)
-    return plan_pools(node_cpus, gpus, device, min(capacity, MAX_PLANNED_GPUS), cpus_per_gpu)
+    return plan_pools(node_cpus, gpus, device, min(capacity, MAX_PLANNED_GPUS), cpus_per_gpu, ocr)
 
 
 def _started_by_this_process() -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from shoplens.encoders.media import text_or_none
+from shoplens.encoders.ocr import distinct_lines, frame_text
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, VIDEO_KINDS, is_category_risk, risk_column
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import METADATA_FIELDS, SAFETY_FIELDS
@@ -30,6 +31,7 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list
         "pdq_quality": [],
         "hash_match": [],
         "signal_scores": [],
+        "ocr_lines": [],
     }
     vectors, risks = [], []
     for i in np.flatnonzero((batch["status"] == OK) & np.isin(batch["kind"], VIDEO_KINDS)):
@@ -42,6 +44,11 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list
         columns["pdq_quality"] += [None if q < 0 else int(q) for q in batch["pdq_quality"][i]]
         columns["hash_match"] += list(batch["frame_hash_match"][i])
         columns["signal_scores"] += list(batch["frame_signal_scores"][i])
+        read = batch["frame_ocr_lines"][i] if "frame_ocr_lines" in batch else None
+        if read is None:
+            columns["ocr_lines"] += [None] * count
+        else:
+            columns["ocr_lines"] += [distinct_lines([lines], [seconds]) for lines, seconds in zip(read, batch["timestamp_s"][i])]
         vectors.append(np.asarray(batch["frame_vectors"][i], np.float32).reshape(-1, dim))
         risks.append(np.asarray(batch["frame_risks"][i], np.float32).reshape(-1, len(risk_names)))
     n = len(columns["item_id"])
@@ -81,6 +88,13 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[
             columns[field.name] = pa.nulls(n, field.type) if values is None else _column(values, field.type)
     if "decision" not in batch:
         columns["decision"] = pa.array([UNSCORED] * n, pa.string())
+    if "frame_ocr_lines" in batch:  # what OCR read: an item's distinct lines over its frames
+        lines = [
+            None if read is None else distinct_lines(read, seconds) for read, seconds in zip(batch["frame_ocr_lines"], batch["timestamp_s"])
+        ]
+        columns["ocr_lines"] = pa.array(lines, schema.field("ocr_lines").type)
+        columns["ocr_text"] = _strings([None if read is None else frame_text(read) for read in lines])
+        columns["ocr_model"] = _strings(batch["ocr_model"])
     # Columns other commands fill (dedup, ...): kept when the batch carries them (a rescore of
     # stored rows), else null (a re-ingested item is a new item).
     missing = [f for f in schema if f.name not in columns]

@@ -47,7 +47,7 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
         stored_frames: dict[str, list[dict]] = {}
         for f in store.read(FRAMES, frames_schema(encoder.dim, []).names, item_ids=videos).to_pylist():
             stored_frames.setdefault(f["item_id"], []).append(f)
-        scored = scorer(_stored_batch(items, stored_frames, encoder.dim))
+        scored = scorer(_stored_batch(items, stored_frames, encoder.dim, policy))
         for decision in scored["decision"]:
             counts[decision] = counts.get(decision, 0) + 1
         pending.add(scored)
@@ -62,14 +62,16 @@ def rescore(db: str, pretrained: str | None = None, device: str = "auto", policy
     }
 
 
-def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) -> dict[str, np.ndarray]:
-    """Stored rows in the shape the scoring stage reads after embedding: a product is its one
-    frame; a video, its stored frames in order."""
+def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int, policy) -> dict[str, np.ndarray]:
+    """Stored rows in the shape the scoring stage reads after embedding (and OCR): a product is
+    its one frame; a video, its stored frames in order. An item the policy's OCR would read but
+    that was stored unread (OCR off or failed then) has an `ocr_error`."""
     n = len(items)
     out = {
         key: np.empty(n, dtype=object)
-        for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality", "timestamp_s", "frame_index")
+        for key in ("frame_vectors", "frame_signal_scores", "pdq", "pdq_quality", "timestamp_s", "frame_index", "frame_ocr_lines")
     }
+    out["ocr_error"] = np.full(n, None, dtype=object)
     for i, item in enumerate(items):
         if item["kind"] == PRODUCT or item["status"] != OK:
             mine = (
@@ -81,6 +83,7 @@ def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) ->
                         "pdq_quality": item["pdq_quality"],
                         "timestamp_s": 0.0,
                         "frame_index": 0,
+                        "ocr_lines": item["ocr_lines"],
                     }
                 ]
                 if item["status"] == OK
@@ -94,6 +97,10 @@ def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int) ->
         out["pdq_quality"][i] = np.array([-1 if f["pdq_quality"] is None else f["pdq_quality"] for f in mine], np.int32)
         out["timestamp_s"][i] = np.array([f["timestamp_s"] for f in mine], np.float32)
         out["frame_index"][i] = np.array([f["frame_index"] for f in mine], np.int64)
+        read = item["ocr_model"] is not None and item["status"] == OK
+        out["frame_ocr_lines"][i] = [f["ocr_lines"] or [] for f in mine] if read else None
+        if not read and item["status"] == OK and policy.ocr.reads(item["kind"]):
+            out["ocr_error"][i] = "OCR did not read this item when it was ingested: re-ingest it to score it"
     columns = {name: np.array([item[name] for item in items], dtype=object) for name in items[0]} if items else {}
     for name in ("vector", "text_vector"):
         columns[name] = np.array([np.zeros(dim, np.float32) if item[name] is None else item[name] for item in items], np.float32).reshape(

@@ -256,10 +256,13 @@ class ItemStore:
         rows = table.search().select(["version", "created_at", "policy", "heads"]).limit(None).to_arrow()
         return rows.sort_by([("created_at", "descending")]).slice(0, 1).to_pylist()[0]
 
-    def mark_unchanged(self, table, manifest: pa.Table, model: str, scan_rows: int = 65_536) -> pa.Table:
+    def mark_unchanged(
+        self, table, manifest: pa.Table, model: str, ocr_models: dict[str, str] | None = None, scan_rows: int = 65_536
+    ) -> pa.Table:
         """Adds what earlier runs stored to the manifest rows, as three columns:
 
-        `known_status`, `known_error`: the stored outcome of an item stored with the same model
+        `known_status`, `known_error`: the stored outcome of an item stored with the same model,
+        the same OCR (`ocr_models`: kind -> `encoders.ocr.ocr_provenance`, absent where not read)
         and fields (null otherwise), so that a skipped item is counted as it was, and a failure
         that repeats itself exactly is not written again; `known_sha256`: the hash an unchanged
         item's bytes will match (set only where the manifest row itself is usable).
@@ -270,11 +273,15 @@ class ItemStore:
         import pyarrow.compute as pc
 
         known = [KNOWN_SCHEMA.empty_table()]
-        stored = table.search().select(["item_id", "media_sha256", "status", "error", *SKIP_KEY_FIELDS]).limit(None)
+        stored = table.search().select(["item_id", "media_sha256", "status", "error", "ocr_model", *SKIP_KEY_FIELDS]).limit(None)
+        ocr_models = ocr_models or {}
         wanted = manifest.select(["item_id", "status", *SKIP_KEY_FIELDS[1:]])
         for batch in stored.to_batches(scan_rows):
             old = pa.Table.from_batches([batch]).join(wanted, "item_id", join_type="inner", right_suffix="_new")
             same = pc.equal(old["model"], pa.scalar(model))
+            ocr = pa.array([ocr_models.get(kind) for kind in old["kind"].to_pylist()], pa.string())
+            # An ok item must have been read as OCR now reads its kind; a failed one was never read.
+            same = pc.and_(same, pc.or_(pc.not_equal(old["status"], OK), _same_text(old["ocr_model"], ocr)))
             for name in SKIP_KEY_FIELDS[1:]:
                 same = pc.and_(same, _same_text(old[name], old[f"{name}_new"]))
             old = old.filter(pc.fill_null(same, False))

@@ -26,6 +26,23 @@ SAFETY_FIELDS = (
     pa.field("frames_over_review", pa.int32()),
     pa.field("hash_match", pa.string()),  # the hash-bank entry an item matched
     pa.field("signal_scores", pa.string()),  # JSON: each signal's raw outputs, for rescoring
+    pa.field("text_match", pa.string()),  # JSON: what the policy's text rules matched, and where
+)
+
+# What OCR read (encoders.ocr): each line's text, confidence, box (four corners, x then y, as
+# fractions of the picture's width and height) and the time of the frame it was read in.
+OCR_LINE = pa.struct(
+    [
+        pa.field("text", pa.string()),
+        pa.field("confidence", pa.float32()),
+        pa.field("box", pa.list_(pa.float32(), 8)),
+        pa.field("timestamp_s", pa.float32()),
+    ]
+)
+OCR_FIELDS = (
+    pa.field("ocr_text", pa.string()),  # the item's distinct lines, in the order they first appear
+    pa.field("ocr_lines", pa.list_(OCR_LINE)),
+    pa.field("ocr_model", pa.string()),  # the reader and settings that read them (encoders.ocr.ocr_provenance)
 )
 
 # Lance's unenforced primary key: a `merge_insert` on exactly these columns records the keys it
@@ -67,6 +84,7 @@ def items_schema(dim: int, categories: list[str]) -> pa.Schema:
             ]
             + risk_fields(categories)
             + list(SAFETY_FIELDS)
+            + list(OCR_FIELDS)
         ),
         ITEMS,
     )
@@ -85,6 +103,7 @@ def frames_schema(dim: int, categories: list[str]) -> pa.Schema:
                 pa.field("pdq_quality", pa.int32()),
                 pa.field("hash_match", pa.string()),
                 pa.field("signal_scores", pa.string()),
+                pa.field("ocr_lines", pa.list_(OCR_LINE)),
             ]
             + risk_fields(categories)
             + [pa.field("risk", pa.float32())]
