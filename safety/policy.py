@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoplens.encoders.errors import UsageError
-from shoplens.encoders.rows import ALLOW, BLOCK, PRODUCT, RESERVED_CATEGORIES, REVIEW, UNSCORED, risk_column
+from shoplens.encoders.rows import ALLOW, BLOCK, KINDS, PRODUCT, RESERVED_CATEGORIES, REVIEW, UNSCORED, risk_column
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 PIXEL_MODEL_NAMES = ("open_nsfw", "image_safety_s")
@@ -76,6 +76,16 @@ class OcrPolicy(_Strict):
 
     def reads(self, kind: str) -> bool:
         return self.enabled and ("images" if kind == PRODUCT else "frames") in self.media
+
+    def read_sides(self) -> dict[str, int]:
+        """Kind -> the long side its pictures are read at, for the kinds OCR reads (encoders.decode)."""
+        return {kind: self.max_side for kind in KINDS if self.reads(kind)}
+
+    def provenances(self) -> dict[str, str]:
+        """Kind -> what reads its text, for the kinds OCR reads (stored as `ocr_model`)."""
+        from shoplens.encoders.ocr import ocr_provenance
+
+        return {kind: ocr_provenance(self.max_side, self.min_confidence) for kind in self.read_sides()}
 
 
 class CategoryPolicy(_Strict):

@@ -256,10 +256,11 @@ def pixel_policy(
 
 def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media_root: Path | None = None) -> None:
     """What `shoplens ingest` writes, without Ray: the manifest read and checked, the store's
-    skip rule, the decode stage and the embed-and-score stage run here on one batch, the rows
+    skip rule, the decode stage, OCR where the policy reads text, and the embed-and-score stage run here on one batch, the rows
     committed by the store's writer (skipped rows are not written). For fast tests of what reads
     a scored table; the Ray job itself is tested by the slow tests."""
     from shoplens.encoders.decode import MediaDecoder
+    from shoplens.encoders.ocr import ReadText
     from shoplens.encoders.rows import SKIPPED
     from shoplens.pipelines.ingest.manifest import read_manifest
     from shoplens.pipelines.ingest.writer import PendingWrites
@@ -273,9 +274,13 @@ def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media
     stage = EmbedAndScore(MICRO, scoring, store.hash_bank(), num_threads=1, heads=heads)
     encoder = stage.embedder.encoder
     table, frames = store.items(encoder.dim, scoring.names), store.frames(encoder.dim, scoring.names)
-    rows = store.mark_unchanged(table, read_manifest(manifest, media_root).rows, encoder.provenance)
+    rows = store.mark_unchanged(table, read_manifest(manifest, media_root).rows, encoder.provenance, scoring.ocr.provenances())
     batch = {name: np.array(rows[name].to_pylist(), dtype=object) for name in rows.column_names}
-    batch = stage(MediaDecoder(encoder.image_size, fingerprint=True)(batch))
+    batch = MediaDecoder(encoder.image_size, fingerprint=True, read_side=scoring.ocr.read_sides())(batch)
+    if scoring.ocr.enabled:
+        ocr = scoring.ocr
+        batch = ReadText(ocr.max_side, ocr.min_confidence, ocr.repeat_distance, num_threads=1)(batch)
+    batch = stage(batch)
     written = batch["status"] != SKIPPED
     pending = PendingWrites(store, table, frames, 4096, scoring.names)
     pending.add({k: v[written] for k, v in batch.items()})

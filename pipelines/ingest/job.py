@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from shoplens.encoders.clip import ClipSpec
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import text_or_none
-from shoplens.encoders.ocr import ReadText, ocr_provenance
-from shoplens.encoders.rows import ERROR, KINDS, OK, SKIPPED
+from shoplens.encoders.ocr import ReadText
+from shoplens.encoders.rows import ERROR, OK, SKIPPED
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
 from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSource, resolve_weights
 from shoplens.pipelines.ingest.manifest import read_manifest
@@ -133,8 +133,7 @@ def ingest(
     for rejected in manifest.rejected:
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
-    read = {kind: ocr_provenance(policy.ocr.max_side, policy.ocr.min_confidence) for kind in KINDS if policy.ocr.reads(kind)}
-    rows = store.mark_unchanged(table, manifest.rows, source.provenance, read)
+    rows = store.mark_unchanged(table, manifest.rows, source.provenance, policy.ocr.provenances())
     pending = PendingWrites(store, table, frames_table, config.write_batch_rows, policy.names)
     last_write = time.monotonic()
     for batch in _scored_batches(rows, source, config, policy, heads, bank, manifest.root):
@@ -171,7 +170,6 @@ def _scored_batches(
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
     defer = config.device_decode == "on" or (config.device_decode == "auto" and pools.embed.num_gpus > 0)
-    read_side = {kind: policy.ocr.max_side for kind in KINDS if policy.ocr.reads(kind)}
     ds = apply_stage(
         ds,
         MediaDecoder,
@@ -181,7 +179,7 @@ def _scored_batches(
         fingerprint=True,
         defer_jpegs=defer,
         media_root=media_root,
-        read_side=read_side,
+        read_side=policy.ocr.read_sides(),
     )
     if pools.ocr is not None:
         ocr = policy.ocr

@@ -21,7 +21,7 @@ from shoplens.encoders.rows import ALLOW, BLOCK, OK, PRODUCT, REVIEW, UNSCORED
 from shoplens.encoders.weights import WeightsError
 from shoplens.pipelines.store.database import ItemStore, StoreError, embedding_model
 from shoplens.pipelines.store.indexes import QueryTuning
-from shoplens.pipelines.store.schemas import FRAMES, ITEMS
+from shoplens.pipelines.store.schemas import FRAMES, ITEMS, TEXT_COLUMNS
 from shoplens.pipelines.store.snapshot import TableSnapshot
 
 FILTER_COLUMNS = ("status", "kind", "category", "seller_id", "risk", "decision")  # what `SearchFilters` reads
@@ -128,16 +128,18 @@ class Searcher:
         return self.nearest(self.encoder.encode_texts([text])[0], k, filters, field)
 
     def hybrid(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters(), field: str = "image") -> list[dict]:
-        """Vector hits for `text` and full-text hits on titles, fused by reciprocal rank: `score`
+        """Vector hits for `text` and full-text hits on titles and picture text, fused by reciprocal rank: `score`
         is the fused score, and an item ranked by both lists comes before one ranked by either."""
         depth = max(2 * k, 20)  # candidates from each list
         return reciprocal_rank_fusion([self.by_text(text, depth, filters, field), self.by_keywords(text, depth, filters)], k)
 
     def by_keywords(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:
-        """Full-text (BM25) search of titles; `score` is the BM25 score."""
+        """Full-text (BM25) search of titles and of the text read in pictures (`ocr_text`, where
+        indexed); `score` is the BM25 score."""
         if not self.snapshot.has_full_text_index("title"):
             raise SearchError("keyword search needs the full-text index on titles: run `shoplens index` first")
-        hits = self.snapshot.matching(text, "title", k, self.columns, filters.expression())
+        searched = [c for c in TEXT_COLUMNS if self.snapshot.has_full_text_index(c)]
+        hits = self.snapshot.matching(text, searched, k, self.columns, filters.expression())
         return [{"score": round(hit.pop("_score"), 6), **hit} for hit in hits]
 
     def by_image(self, path: str | Path, k: int = 10, filters: SearchFilters = SearchFilters()) -> list[dict]:

@@ -1,5 +1,5 @@
 """`shoplens index`: ANN indexes on the vector columns, scalar indexes on the filter columns and a
-full-text index on `title`, sized to the table.
+full-text indexes on `title` and `ocr_text` (the text read in pictures), sized to the table.
 
 Below ANN_MIN_ROWS vectors a column stays exact: brute force over a few thousand rows takes about
 a millisecond, and IVF training needs thousands of rows to place its centroids. Rows written
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from shoplens.pipelines.store.database import ItemStore, StoreError
-from shoplens.pipelines.store.schemas import ITEMS
+from shoplens.pipelines.store.schemas import ITEMS, TEXT_COLUMNS
 
 ANN_MIN_ROWS = 5_000
 VECTOR_COLUMNS = ("vector", "text_vector")
@@ -93,5 +93,12 @@ def build_indexes(
         }
     for column, kind in SCALAR_INDEXES.items():
         table.create_scalar_index(column, index_type=kind, replace=True)
-    table.create_index("title", config=FTS(), replace=True)
-    return summary | {"scalar_indexes": list(SCALAR_INDEXES), "fts_index": "title", "seconds": round(time.perf_counter() - started, 2)}
+    text_columns = [c for c in TEXT_COLUMNS if c in table.schema.names]  # a table from before OCR has no ocr_text
+    for column in text_columns:
+        table.create_index(column, config=FTS(), replace=True)
+    return summary | {
+        "scalar_indexes": list(SCALAR_INDEXES),
+        "fts_index": "title",
+        "fts_indexes": text_columns,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

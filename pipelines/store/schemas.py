@@ -45,6 +45,8 @@ OCR_FIELDS = (
     pa.field("ocr_model", pa.string()),  # the reader and settings that read them (encoders.ocr.ocr_provenance)
 )
 
+TEXT_COLUMNS = ("title", "ocr_text")  # of `items`, full-text indexed: what keyword search matches
+
 # Lance's unenforced primary key: a `merge_insert` on exactly these columns records the keys it
 # inserts, and two writers inserting the same key conflict (the later one retries as an update)
 # instead of both adding a row.

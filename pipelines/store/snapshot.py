@@ -70,10 +70,11 @@ class TableSnapshot:
             return self._dataset.to_table(nearest=query, columns=[*columns, "_distance"], filter=where, prefilter=True)
         return self._dataset.to_table(nearest=query, columns=columns, filter=where, prefilter=True, disable_scoring_autoprojection=True)
 
-    def matching(self, text: str, column: str, k: int, columns: list[str], where) -> list[dict]:
-        """The `k` rows whose `column` best matches the terms of `text` (BM25, `_score`), passing
-        `where` (a LanceDB expression). The text is terms to match, never query syntax or SQL."""
-        from lancedb.query import MatchQuery
+    def matching(self, text: str, searched: list[str], k: int, columns: list[str], where) -> list[dict]:
+        """The `k` rows whose `searched` columns best match the terms of `text` (BM25, `_score`),
+        passing `where` (a LanceDB expression). The text is terms to match, never query syntax or SQL."""
+        from lancedb.query import MatchQuery, MultiMatchQuery
 
-        query = self._table.search(MatchQuery(text, column)).where(where, prefilter=True)
+        match = MatchQuery(text, searched[0]) if len(searched) == 1 else MultiMatchQuery(text, searched)
+        query = self._table.search(match).where(where, prefilter=True)
         return query.select([*columns, "_score"]).limit(k).to_list()

@@ -37,13 +37,14 @@ def test_an_embedding_near_a_categorys_prompts_scores_highest_on_it(micro_encode
     policy = load_policy()
     bank = PromptBank(policy, micro_encoder.encode_texts, model=micro_encoder.provenance)
     rng = np.random.default_rng(0)
-    for c, (name, category) in enumerate(policy.categories.items()):
+    assert bank.categories == [name for name, c in policy.categories.items() if c.prompts] != policy.names  # text-rule-only categories
+    for c, name in enumerate(bank.categories):
         # Near the category's first prompt: random weights put some prompts of different
         # categories nearly on top of each other, so "near all of them" has no clear winner.
-        prompt = micro_encoder.encode_texts(category.prompts[:1])[0]
+        prompt = micro_encoder.encode_texts(policy.categories[name].prompts[:1])[0]
         near = prompt + rng.normal(0, 0.01, len(prompt))
         scores = bank((near / np.linalg.norm(near))[None])[0]
-        assert np.argmax(scores) == c, (name, dict(zip(policy.names, scores.round(3))))
+        assert np.argmax(scores) == c, (name, dict(zip(bank.categories, scores.round(3))))
         assert 0 <= scores.min() and scores.max() <= 1
 
 
