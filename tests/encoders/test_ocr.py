@@ -89,3 +89,52 @@ def test_settings_out_of_range_are_refused():
         TextReader(max_side=8)
     with pytest.raises(ValueError, match="min_confidence"):
         TextReader(min_confidence=1.5)
+
+
+def stage_batch(rows: list) -> dict:
+    """A decoded batch as the OCR stage gets it: per row its `whole` pictures (or None) and hashes."""
+    from shoplens.encoders.phash import pdq_hash
+
+    n = len(rows)
+    out = {"status": np.array(["ok"] * n, dtype=object), "whole": np.empty(n, dtype=object), "pdq": np.empty(n, dtype=object)}
+    for i, pictures in enumerate(rows):
+        out["whole"][i] = None if pictures is None else np.stack(pictures)
+        out["pdq"][i] = [] if pictures is None else [pdq_hash(p)[0] for p in pictures]
+    return out
+
+
+def test_the_stage_reads_each_frame_once_a_repeat_is_not_read_again_and_boxes_are_fractions():
+    from shoplens.encoders.ocr import ReadText, ocr_provenance
+
+    stage = ReadText(max_side=640, repeat_distance=10, num_threads=1)
+    calls = []
+    read = stage.reader
+    stage.reader = lambda rgb: calls.append(rgb.shape) or read(rgb)  # counts real reads
+    sale, phone = picture([("BIG SALE", (40, 150))]), picture([("CALL 415 555 2671", (20, 150))])
+    out = stage(stage_batch([[sale, sale.copy(), phone], None]))
+    assert set(out) == {"status", "pdq", "frame_ocr_lines", "ocr_error", "ocr_model"}  # `whole` dropped
+    frames = out["frame_ocr_lines"][0]
+    assert [[line["text"] for line in lines] for lines in frames] == [["BIG SALE"], ["BIG SALE"], ["CALL 415 555 2671"]]
+    assert len(calls) == 2  # the repeated frame was not read again
+    box = np.array(frames[0][0]["box"]).reshape(4, 2)
+    assert ((0 <= box) & (box <= 1)).all() and box[:, 0].min() < 40 / 640 + 0.02 and 150 / 300 - 0.2 < box[:, 1].max() < 0.6
+    assert out["frame_ocr_lines"][1] is None and out["ocr_model"][1] is None  # nothing to read: not read
+    assert out["ocr_model"][0] == ocr_provenance(640, 0.5) and list(out["ocr_error"]) == [None, None]
+
+
+def test_a_picture_ocr_cannot_take_is_that_rows_error_and_the_batch_goes_on():
+    from shoplens.encoders.ocr import ReadText
+
+    batch = stage_batch([[picture([("BIG SALE", (40, 150))])], [picture([("BIG SALE", (40, 150))])]])
+    batch["whole"][0] = np.zeros((1, 10, 10), np.float32)  # not a uint8 RGB picture
+    out = ReadText(num_threads=1)(batch)
+    assert out["ocr_error"][0].startswith("OCR failed: ValueError") and out["ocr_model"][0] is None
+    assert out["ocr_error"][1] is None and out["frame_ocr_lines"][1][0][0]["text"] == "BIG SALE"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 400, 3), (64, 64, 3)], ids=["one-pixel", "thin", "flat"])
+def test_pictures_too_small_or_flat_to_read_have_no_text_and_no_error(shape):
+    from shoplens.encoders.ocr import ReadText
+
+    out = ReadText(num_threads=1)(stage_batch([[np.full(shape, 200, np.uint8)]]))
+    assert out["frame_ocr_lines"][0] == [[]] and out["ocr_error"][0] is None
