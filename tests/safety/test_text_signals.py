@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from shoplens.encoders.rows import ALLOW, ERROR, OK, REVIEW, UNSCORED
+from shoplens.encoders.rows import ALLOW, BLOCK, ERROR, OK, REVIEW, UNSCORED
 from shoplens.safety.policy import load_policy
 from shoplens.safety.scorer import SafetyScorer
 
@@ -122,7 +122,7 @@ def test_the_prompt_bank_scores_the_text_read_in_the_pictures(tmp_path):
     assert out["risk_weapons"][0] == pytest.approx(1.0, abs=1e-6) and out["risk_weapons"][1] < 1e-6
     assert set(json.loads(out["signal_scores"][0])) == {"prompt_bank", "ocr_prompt_bank", "title_text_rules", "ocr_text_rules"}
     assert "ocr_prompt_bank" not in json.loads(out["signal_scores"][2])  # nothing read: no text to score
-    assert list(out["decision"]) == [REVIEW, ALLOW, ALLOW]
+    assert list(out["decision"]) == [BLOCK, ALLOW, ALLOW]
 
 
 def test_an_item_that_failed_to_ingest_has_no_text_match(tmp_path):
