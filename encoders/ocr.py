@@ -36,6 +36,14 @@ def ocr_provenance(max_side: int, min_confidence: float) -> str:
     return f"rapidocr-{version('rapidocr')}/{models}@{max_side}px,min{min_confidence:g}"
 
 
+def frames_read(value) -> list[list[dict]] | None:
+    """A row's `frame_ocr_lines` as plain lists, whatever a trip through Arrow made of them (arrays,
+    NaN for a column of nothing read); None where its pictures were not read."""
+    if value is None or isinstance(value, float):
+        return None
+    return [[{**line, "box": [float(v) for v in line["box"]]} for line in frame] if frame is not None else [] for frame in value]
+
+
 def frame_text(lines: list[dict]) -> str:
     """A frame's text: its lines in reading order, one a line."""
     return "\n".join(line["text"] for line in lines)

@@ -27,7 +27,7 @@ from dataclasses import asdict
 import numpy as np
 
 from shoplens.encoders.media import text_or_none
-from shoplens.encoders.ocr import frame_text, item_text
+from shoplens.encoders.ocr import frame_text, frames_read, item_text
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, risk_column
 from shoplens.safety.hashbank import HashBank
 from shoplens.safety.heads import EmbeddingHeads, policy_heads
@@ -193,13 +193,13 @@ class SafetyScorer:
             return {}
         read = {}
         for i in ok.tolist():
-            error, lines = batch["ocr_error"][i], batch["frame_ocr_lines"][i]
+            error, lines = text_or_none(batch["ocr_error"][i]), frames_read(batch["frame_ocr_lines"][i])
             if error is None and lines is not None and len(lines) != counts[i]:
                 error = f"OCR read {len(lines)} frames of {counts[i]}"
             if error is not None and self.policy.uses_ocr:
                 failed.setdefault(i, str(error))
             elif lines is not None and error is None:
-                read[i] = [list(frame) if frame is not None else [] for frame in lines]
+                read[i] = lines
         return read
 
     def _frame_inputs(self, signal: _Signal, batch, ok: np.ndarray, read: dict[int, list]) -> tuple[np.ndarray, list]:

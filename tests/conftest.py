@@ -185,6 +185,34 @@ def write_video(path: Path, colours: list[tuple[int, int, int]], fps: float = 25
     return path
 
 
+def painted(rgb: np.ndarray, lines: list[str], scale: float = 1.0) -> np.ndarray:
+    """A copy of `rgb` with `lines` of text on white stickers near its top, as a seller paints them."""
+    import cv2
+
+    out = np.ascontiguousarray(rgb).copy()
+    for row, text in enumerate(lines):
+        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+        top = 30 + row * (height + 40)
+        cv2.rectangle(out, (20, top - 12), (44 + width, top + height + 16), (255, 255, 255), -1)
+        cv2.putText(out, text, (32, top + height), cv2.FONT_HERSHEY_SIMPLEX, scale, (15, 15, 15), 3, cv2.LINE_AA)
+    return out
+
+
+def text_video(path: Path, overlays: list[str | None], fps: float = 2.0, size=(640, 360)) -> Path:
+    """One frame a second per entry: a real photo, with that overlay's text painted on (None: none)."""
+    import cv2
+    from PIL import Image
+
+    background = np.array(Image.open(sample_photo("rocket.jpg")).convert("RGB").resize(size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for text in overlays:
+        frame = background if text is None else painted(background, [text])
+        for _ in range(int(fps)):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
 def mjpeg_stream(path: Path, levels: list[int], size=(64, 48)) -> Path:
     """A raw MJPEG stream (JPEGs back to back): no container, no frame count, no index to seek in."""
     import cv2

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from shoplens.encoders.media import text_or_none
-from shoplens.encoders.ocr import distinct_lines, frame_text
+from shoplens.encoders.ocr import distinct_lines, frame_text, frames_read
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, VIDEO_KINDS, is_category_risk, risk_column
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import METADATA_FIELDS, SAFETY_FIELDS
@@ -44,7 +44,7 @@ def frame_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list
         columns["pdq_quality"] += [None if q < 0 else int(q) for q in batch["pdq_quality"][i]]
         columns["hash_match"] += list(batch["frame_hash_match"][i])
         columns["signal_scores"] += list(batch["frame_signal_scores"][i])
-        read = batch["frame_ocr_lines"][i] if "frame_ocr_lines" in batch else None
+        read = frames_read(batch["frame_ocr_lines"][i]) if "frame_ocr_lines" in batch else None
         if read is None:
             columns["ocr_lines"] += [None] * count
         else:
@@ -89,9 +89,8 @@ def item_rows(batch: dict[str, np.ndarray], schema: pa.Schema, categories: list[
     if "decision" not in batch:
         columns["decision"] = pa.array([UNSCORED] * n, pa.string())
     if "frame_ocr_lines" in batch:  # what OCR read: an item's distinct lines over its frames
-        lines = [
-            None if read is None else distinct_lines(read, seconds) for read, seconds in zip(batch["frame_ocr_lines"], batch["timestamp_s"])
-        ]
+        read = map(frames_read, batch["frame_ocr_lines"])
+        lines = [None if frames is None else distinct_lines(frames, seconds) for frames, seconds in zip(read, batch["timestamp_s"])]
         columns["ocr_lines"] = pa.array(lines, schema.field("ocr_lines").type)
         columns["ocr_text"] = _strings([None if read is None else frame_text(read) for read in lines])
         columns["ocr_model"] = _strings(batch["ocr_model"])
