@@ -58,7 +58,9 @@ def task(item: dict, categories: list[str], review_thresholds: list[float], evid
     scores = {c: item.get(f"risk_{c}") for c in categories}
     flagged = [c for c, t in zip(categories, review_thresholds) if scores[c] is not None and scores[c] >= t]
     when = f" at {item['evidence_timestamp_s']:.1f} s" if item.get("evidence_timestamp_s") is not None else ""
-    details = "; ".join(f"{c} {s:.3f}" for c, s in scores.items() if s is not None) + when
+    matches = json.loads(item.get("text_match") or "[]")
+    text = "".join(f"; {m['category']}: {m['rule']} {m['text']!r} in {_where(m)}" for m in matches)
+    details = "; ".join(f"{c} {s:.3f}" for c, s in scores.items() if s is not None) + when + text
     version = f"{item['model']} | policy {item['safety_version']}"
     return {
         "data": {
@@ -76,6 +78,8 @@ def task(item: dict, categories: list[str], review_thresholds: list[float], evid
             "evidence_timestamp_s": item.get("evidence_timestamp_s"),
             "model": item["model"],
             "safety_version": item["safety_version"],
+            "ocr_text": item.get("ocr_text"),
+            "text_match": matches,
         },
         "predictions": [
             {
@@ -93,6 +97,10 @@ def task(item: dict, categories: list[str], review_thresholds: list[float], evid
             }
         ],
     }
+
+
+def _where(match: dict) -> str:
+    return f"frame at {match['timestamp_s']:.1f} s" if match["source"] == "frame" else match["source"]
 
 
 def labels_from_label_studio(text: str, categories: list[str]) -> list[Label]:

@@ -39,6 +39,8 @@ ITEM_FIELDS = (
     "hash_match",
     "model",
     "safety_version",
+    "ocr_text",
+    "text_match",
 )
 
 
@@ -189,10 +191,27 @@ def _evidence(item: dict, folder: Path) -> tuple[str | None, str | None]:
                 image = Image.fromarray(frame_at(path, seconds))
             name += f"-at-{seconds:.1f}s"
         image.thumbnail((EVIDENCE_SIDE, EVIDENCE_SIDE))
+        _draw_matches(image, item)
         image.save(folder / f"{name}.jpg", "JPEG", quality=88)
         return f"evidence/{name}.jpg", None
     except MediaError as e:
         return None, str(e)
+
+
+def _draw_matches(image, item: dict) -> None:
+    """Outlines, on the evidence picture, where the text rules matched text read in it: the
+    product's image, or the video's evidence frame."""
+    from PIL import ImageDraw
+
+    seconds = item.get("evidence_timestamp_s")
+    draw = ImageDraw.Draw(image)
+    for match in json.loads(item.get("text_match") or "[]"):
+        shown = match["source"] == "image" or (
+            match["source"] == "frame" and seconds is not None and abs(match.get("timestamp_s", -1.0) - seconds) < 0.01
+        )
+        if shown and match.get("box"):
+            corners = [(x * image.width, y * image.height) for x, y in zip(match["box"][0::2], match["box"][1::2])]
+            draw.polygon(corners, outline=(255, 0, 0), width=3)
 
 
 def _folder(media_uri: str) -> str | None:

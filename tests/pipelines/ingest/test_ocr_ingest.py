@@ -143,3 +143,29 @@ def test_rescoring_with_a_new_text_rule_reads_the_stored_text_without_reading_pi
     assert items["painted"]["risk_counterfeit"] == pytest.approx(0.7) and items["bare"]["risk_counterfeit"] == 0.0
     assert {(m["category"], m["text"]) for m in json.loads(items["painted"]["text_match"])} >= {("counterfeit", "MOONSTONE")}
     assert items["painted"]["ocr_text"].startswith("MOONSTONE") and items["clip"]["decision"] == REVIEW
+
+
+@ray_job
+def test_the_review_export_carries_the_text_and_outlines_the_match_on_the_evidence(shop, tmp_path):
+    from label_studio_sdk.label_interface import LabelInterface
+
+    _, _, db, _, _ = shop
+    out = tmp_path / "queue"
+    result = CliRunner().invoke(app, ["review", "export", "--db", db, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tasks = {t["data"]["item_id"]: t["data"] for t in json.loads((out / "tasks.json").read_text())}
+    assert set(tasks) == {"painted", "clip"}  # the bare photo is allowed: not queued
+    painted_task = tasks["painted"]
+    assert painted_task["ocr_text"].endswith(PHONE) and painted_task["text_match"][0]["text"] == PHONE
+    assert f"off_platform_contact: phone_number '{PHONE}' in image" in painted_task["details"]
+    assert "frame at" in tasks["clip"]["details"]
+    assert LabelInterface((out / "labeling_config.xml").read_text()).validate_task({"data": painted_task})
+    evidence = np.asarray(Image.open(out / painted_task["image"]).convert("RGB")).astype(int)
+    box = np.array(painted_task["text_match"][0]["box"]).reshape(4, 2) * [evidence.shape[1], evidence.shape[0]]
+    left, top = box.min(axis=0).astype(int)
+    red = (evidence[..., 0] > 180) & (evidence[..., 1] < 90) & (evidence[..., 2] < 90)
+    right, bottom = box.max(axis=0).astype(int)
+    assert red[max(0, top - 3) : top + 4, left:right].sum() > 20  # the outline's top edge, on the white sticker
+    assert red[top + 6 : bottom - 6, left + 6 : right - 6].sum() == 0  # an outline, not a fill: the text stays legible
+    flat = {row["item_id"]: row for row in __import__("pyarrow.parquet").parquet.read_table(out / "review.parquet").to_pylist()}
+    assert json.loads(flat["painted"]["text_match"])[0]["rule"] == "phone_number" and "MOONSTONE" in flat["painted"]["ocr_text"]
