@@ -152,3 +152,25 @@ def test_ingest_help_shows_every_default_in_words():
         "(default: the database's own: the last one given to a job or calibrated, else the shipped one)",
     ):
         assert words in text, words
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["categories"]["drugs"]["text_rules"].update(patterns=["(unclosed"]), "invalid regular expression"),
+        (lambda d: d["prompt_bank"].update(fields=["image", "alt_text"]), "prompt_bank.fields"),
+    ],
+    ids=["invalid-regex", "unknown-field"],
+)
+def test_a_policy_with_an_invalid_text_rule_or_field_is_refused_with_exit_2(tmp_path, media_dir, change, message):
+    import yaml
+
+    from shoplens.safety.policy import DEFAULT_POLICY
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    change(document)
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(document))
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "a", "kind": "product", "image": "coffee.png"}])
+    result = CliRunner().invoke(app, ["ingest", str(manifest), "--db", str(tmp_path / "db"), "--policy", str(tmp_path / "policy.yaml")])
+    assert result.exit_code == 2 and message in result.output
+    assert last_json(result.stdout)["exit_code"] == 2 and not (tmp_path / "db").exists()

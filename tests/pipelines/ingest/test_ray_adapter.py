@@ -118,3 +118,20 @@ def test_a_launcher_config_left_by_a_former_head_is_ignored_by_a_ray_this_proces
     (tmp_path / "ray_bootstrap_config.yaml").write_text((Path(__file__).parents[3] / "ray_cluster.yaml").read_text())
     monkeypatch.setenv("HOME", str(tmp_path))
     assert plan_cluster("auto").embed.num_gpus == 0  # no GPU actors that no node could ever hold
+
+
+def reserved(plan) -> float:
+    return sum(pool.size * pool.num_cpus for pool in (plan.decode, plan.embed, plan.ocr) if pool is not None)
+
+
+@pytest.mark.parametrize(("node_cpus", "gpus"), [([2], 0), ([16], 0), ([8, 8, 8], 0), ([16], 1), ([96], 8), ([4], 1)])
+def test_ocr_gets_its_own_pool_out_of_the_same_cores(node_cpus, gpus):
+    without, plan = plan_pools(node_cpus, gpus, "auto"), plan_pools(node_cpus, gpus, "auto", ocr=True)
+    assert without.ocr is None and plan.ocr is not None and plan.ocr.num_gpus == 0
+    assert reserved(plan) <= sum(node_cpus) + 1e-9 and math.isclose(reserved(plan), reserved(without))  # no core promised twice
+    assert plan.ocr.num_cpus <= max(node_cpus) and plan.ocr.size * plan.ocr.threads >= 1
+    assert plan.embed.size == without.embed.size and plan.embed.num_gpus == without.embed.num_gpus
+    if gpus:  # the GPU keeps its feeders; OCR takes decoders' cores
+        assert plan.embed.num_cpus == without.embed.num_cpus and plan.decode.size >= 1
+    else:  # OCR costs as much as the model: they share its cores
+        assert math.isclose(plan.ocr.size * plan.ocr.num_cpus, plan.embed.size * plan.embed.num_cpus)
