@@ -33,3 +33,17 @@ def test_every_section_of_the_gpu_benchmark_runs(tmp_path):
     assert figures["mixed_decode"]["images"]["truncated"]["error"]  # refused by both paths, alike
     assert {f["ok"] for f in figures["ingest"].values() if isinstance(f, dict) and "ok" in f} == {16}
     assert "mixed decode batch gives the CPU path's rows" in run.stdout
+
+
+def test_the_ocr_quality_set_renders_what_it_says_and_is_read_back():
+    """benchmarks/ocr.py's generated set: half contact details, half hard negatives, and its
+    figures come from real reads (a set of six, read by the bundled models)."""
+    sys.path.insert(0, str(SCRIPT.parents[1]))
+    from benchmarks.ocr import quality, text_set
+
+    made = text_set(6)
+    assert [m["contact"] for m in made] == [True, False] * 3 and [m["upright"] for m in made] == [True, True, False] * 2
+    assert all(m["image"].shape == (480, 640, 3) and m["height"] >= 12 for m in made)
+    figures = quality(6, threads=1)
+    assert figures["tp"] + figures["fn"] == 3 and figures["tn"] + figures["fp"] == 3
+    assert figures["cer_horizontal_20px"] < 0.2 and figures["contact_recall"] > 0.5
