@@ -56,7 +56,9 @@ class Sizes:
 
 GPU = Sizes("cuda", ("ViT-B-32", "ViT-L-14"), 4096, 512, 1024, 40_000, 64, True)
 DRY_RUN = Sizes("cpu", ("shoplens-micro",), 16, 8, 8, 16, 1, False)
-GOALS = {"no_pixel_models": 8000, "shipped_policy": 4000}  # images/s end to end on one H100 or H200
+# Images/s end to end on one H100 or H200. The shipped policy reads text (OCR) on the node's CPU cores,
+# about 4 pictures a core-second at 640 px (benchmarks/ocr.py): with 16 cores that, not the GPU, bounds it.
+GOALS = {"no_pixel_models_no_ocr": 8000, "shipped_policy": 4000}
 
 
 def gpu_missing() -> str | None:
@@ -156,14 +158,14 @@ def pixel_models(sizes: Sizes) -> dict:
 def ingest_figures(sizes: Sizes, folder: Path, photos: int) -> dict:
     """End to end on `sizes.ingest_rows` rows (the photos, repeated under new ids), with the shipped
     policy and without its pixel models, against the model stage alone."""
-    from benchmarks.ingest_images import model_only_rates, policy_without_pixel_models, title
+    from benchmarks.ingest_images import model_only_rates, policy_without, title
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
     from shoplens.pipelines.ingest.ray_adapter import plan_cluster
 
     lines = ["item_id,kind,title,image"] + [f"item-{n:06d},product,{title(n)},{n % photos:05d}.jpg" for n in range(sizes.ingest_rows)]
     (folder / "repeated.csv").write_text("\n".join(lines) + "\n")
     figures = {}
-    for label, policy in (("shipped_policy", None), ("no_pixel_models", policy_without_pixel_models(folder))):
+    for label, policy in (("shipped_policy", None), ("no_pixel_models_no_ocr", policy_without(folder, pixel_models=True, ocr=True))):
         db = folder / f"db-{label}"
         config = IngestConfig(
             manifest=folder / "repeated.csv", db=str(db), model=sizes.models[0], pretrained="random", device="auto", policy=policy

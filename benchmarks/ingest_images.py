@@ -1,6 +1,6 @@
 """End-to-end image ingest throughput against the model-only encode rate, in the same run.
 
-    python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda] [--no-pixel-models]
+    python benchmarks/ingest_images.py [--images 4000] [--model ViT-B-32] [--device auto|cpu|cuda] [--no-pixel-models] [--no-ocr]
 
 End to end: wall time of `pipelines.ingest.ingest` from the manifest to rows in LanceDB, Ray's
 start-up included (and broken down: a local Ray starting, the model actor's imports, the model's
@@ -42,15 +42,21 @@ def make_catalog(folder: Path, count: int, side: int = 1024) -> Path:
     return manifest
 
 
-def policy_without_pixel_models(folder: Path) -> Path:
-    """The shipped policy without pixel classifiers (prompt banks, heads and hashes only), written
-    to `folder`. On a CPU the two ONNX models cost about as much again as the embedding; on a GPU
-    node they run on its few CPU cores, so a throughput figure with them measures them."""
+def policy_without(folder: Path, pixel_models: bool, ocr: bool) -> Path:
+    """The shipped policy without its pixel classifiers and/or without OCR, written to `folder`.
+    On a CPU the two ONNX models cost about as much again as the embedding, and OCR several times
+    it (benchmarks/ocr.py); on a GPU node they run on its CPU cores: a throughput figure with them
+    measures them."""
     from shoplens.safety.policy import load_policy, policy_yaml
 
     shipped = load_policy()
-    path = folder / "policy-no-pixel-models.yaml"
-    path.write_text(policy_yaml(shipped.model_copy(update={"pixel_models": {}, "version": f"{shipped.version}-no-pixel-models"})))
+    update, tag = {}, ""
+    if pixel_models:
+        update["pixel_models"], tag = {}, f"{tag}-no-pixel-models"
+    if ocr:
+        update["ocr"], tag = shipped.ocr.model_copy(update={"enabled": False}), f"{tag}-no-ocr"
+    path = folder / f"policy{tag}.yaml"
+    path.write_text(policy_yaml(shipped.model_copy(update={**update, "version": f"{shipped.version}{tag}"})))
     return path
 
 
@@ -168,6 +174,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--policy", type=Path, default=None, help="safety policy [default: the shipped one]")
     parser.add_argument("--no-pixel-models", action="store_true", help="the shipped policy without its ONNX pixel classifiers")
+    parser.add_argument("--no-ocr", action="store_true", help="the shipped policy without OCR (text in pictures)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -179,8 +186,8 @@ def main() -> None:
         folder = Path(tmp)
         print(f"making {args.images} 1024-px JPEGs ...", file=sys.stderr)
         manifest = make_catalog(folder, args.images)
-        if args.no_pixel_models:
-            args.policy = policy_without_pixel_models(folder)
+        if args.no_pixel_models or args.no_ocr:
+            args.policy = policy_without(folder, args.no_pixel_models, args.no_ocr)
 
         config = IngestConfig(
             manifest=manifest, db=str(folder / "db"), model=args.model, pretrained=args.pretrained, device=args.device, policy=args.policy
@@ -196,7 +203,9 @@ def main() -> None:
         import ray
 
         warm_start_up = warm_ray_start_up(folder, config)
-        pools = plan_cluster(args.device)
+        from shoplens.safety.policy import load_policy
+
+        pools = plan_cluster(args.device, ocr=load_policy(args.policy).ocr.enabled)  # the job's own plan
         ray.shutdown()  # free the cores the pipeline's actors held
         parts = start_up_parts(args.model, args.pretrained)
         device = "cuda" if pools.embed.num_gpus else "cpu"

@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ingest_images import PHOTOS, policy_without_pixel_models  # noqa: E402
+from benchmarks.ingest_images import PHOTOS, policy_without  # noqa: E402
 
 
 def make_catalog(folder: Path, count: int, images: int, side: int = 96) -> Path:
@@ -108,7 +108,7 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        policy = policy_without_pixel_models(folder)
+        policy = policy_without(folder, pixel_models=True, ocr=True)
         for size in args.sizes:
             manifest = make_catalog(folder, size, args.images)
             print(f"ingesting {size:,} items ...", file=sys.stderr)
