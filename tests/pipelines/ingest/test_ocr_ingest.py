@@ -169,3 +169,21 @@ def test_the_review_export_carries_the_text_and_outlines_the_match_on_the_eviden
     assert red[top + 6 : bottom - 6, left + 6 : right - 6].sum() == 0  # an outline, not a fill: the text stays legible
     flat = {row["item_id"]: row for row in __import__("pyarrow.parquet").parquet.read_table(out / "review.parquet").to_pylist()}
     assert json.loads(flat["painted"]["text_match"])[0]["rule"] == "phone_number" and "MOONSTONE" in flat["painted"]["ocr_text"]
+
+
+def test_items_stored_unread_are_unscored_by_a_rescore_whose_policy_reads_text_until_re_ingested(tmp_path, media_dir):
+    """A policy that starts reading text between runs: rescoring cannot read pictures, so an item
+    stored before is `unscored` saying why (never `allow`), and re-ingesting it reads and scores it."""
+    from conftest import ingest_in_process
+
+    manifest = write_manifest(media_dir / "c.csv", [{"item_id": "cup", "kind": "product", "title": "a cup", "image": "coffee.png"}])
+    db = str(tmp_path / "db")
+    ingest_in_process(manifest, db, PIXEL_POLICY)
+    assert rows(db)["cup"]["decision"] == ALLOW and rows(db)["cup"]["ocr_model"] is None
+    reading = ocr_policy(tmp_path / "reading.yaml")
+    rescore(db, device="cpu", policy_path=reading)
+    cup = rows(db)["cup"]
+    assert cup["decision"] == "unscored" and "re-ingest it" in cup["safety_error"]
+    ingest_in_process(manifest, db, reading)
+    cup = rows(db)["cup"]
+    assert cup["decision"] != "unscored" and cup["ocr_model"] == ocr_provenance(640, 0.5) and cup["text_match"] is not None
