@@ -19,26 +19,35 @@ from dataclasses import dataclass
 from functools import cache
 
 DETECTORS = ("phone_number", "email", "url", "messaging_handle")
-# Look-alikes folded for terms, after case and width: digits and symbols for letters, and the
-# Cyrillic and Greek letters drawn like Latin ones.
-LOOKALIKES = str.maketrans(
+MIN_PHONE_DIGITS = 6  # fewer digits than any number of the regions a policy may name
+MAX_TEXT = 4096  # characters of one text the rules read: a title (at most as long) or a picture's text
+# Look-alikes folded for terms, after case and width: digits and symbols for letters (a digit
+# beside a letter, a symbol between two: `c0caine`, `h3r0in`, `co$caine`, never `2024` or `@deals`),
+# and the Cyrillic and Greek letters drawn like Latin ones.
+DIGIT_LOOKALIKES = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b"}
+SYMBOL_LOOKALIKES = {"@": "a", "$": "s"}
+LETTER_LOOKALIKES = str.maketrans(
     {
-        "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
         "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x",
         "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-        "τ": "t", "υ": "u", "χ": "x",
+        "τ": "t", "υ": "u", "χ": "x", "。": ".",
     }
 )  # fmt: skip
+INVISIBLE = ("Mn", "Me", "Cf")  # marks, and format characters (zero-width spaces, soft hyphens, joiners)
 EMAIL = r"[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}"
-# A host: a scheme or `www.` makes it a URL whatever its suffix; a bare name needs a public suffix.
-URL = r"(?:https?://|www\.)[^\s/]+[^\s]*|[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?)+(?:/[^\s]*)?"
-# An app's name then a handle or number (`whatsapp: +44...`, `telegram @deals`, `wechat id shop88`),
-# or an invitation to leave (`dm me on ...`). `line` and `signal` are words too: they need a separator.
+# A host: a scheme or `www.` makes it a URL whatever its suffix; a bare name needs a suffix sellers
+# use for shops and links (BARE_HOST_SUFFIXES), so that `Mr.Coffee` or `README.md` is not a link.
+URL = r"(?:https?://|www\.)[^\s]+|[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?)+(?:/[^\s]*)?"
+BARE_HOST_SUFFIXES = frozenset(
+    "com net org info biz co io me xyz shop store online site top club app link live vip ly to cc tk ml ga cf gq "
+    "ru cn in uk de fr es it br mx us ca au nl pl jp kr tw hk sg my id ph vn th tr ua".split()
+)
+APPS = r"whats\s?app|wa\.me|telegram|t\.me|tg|we\s?chat|weixin|viber|kik|snap(?:chat)?|skype|insta(?:gram)?|line|signal|ig|facebook|fb|messenger"
+# An app's name, a separator, then a handle or number (`whatsapp: +44...`, `telegram @deals`,
+# `wechat id shop88`), or an invitation to reach the seller on an app (`dm me on insta`).
 MESSAGING_HANDLE = (
-    r"\b(?:whats\s?app|wa\.me/|telegram|t\.me/|tg|we\s?chat|weixin|viber|kik|snap(?:chat)?|skype|insta(?:gram)?)\b"
-    r"\s*(?:id|number|no\.?)?\s*[:：@/\-]?\s*[@+]?[a-z0-9][a-z0-9._\-]{2,}"
-    r"|\b(?:line|signal|ig)\s*(?:id)?\s*[:：@]\s*[@+]?[a-z0-9][a-z0-9._\-]{2,}"
-    r"|\b(?:dm|message|text|msg|contact|call|add|find|reach)\s+(?:me|us)\s+(?:on|at|via|in)\s+[a-z][a-z0-9._\-]+"
+    rf"\b(?:{APPS})\b\s*(?:(?:id|number|no\.?)\s*[:：@]?|[:：@/])\s*[@+]?[a-z0-9][a-z0-9._\-]{{2,}}"
+    rf"|\b(?:dm|message|text|msg|contact|call|add|find|reach|follow)\s+(?:me|us)\s+(?:on|at|via|in)\s+(?:{APPS})\b"
 )
 
 
@@ -50,17 +59,24 @@ class RuleMatch:
 
 
 def fold(text: str, lookalikes: bool = True) -> tuple[str, list[int]]:
-    """`text` folded for case, width and accents (and look-alikes), and for each folded character
-    the index of the character of `text` it came from."""
-    folded, origin = [], []
+    """`text` folded for case, width and accents (and look-alikes), invisible characters dropped,
+    and for each folded character the index of the character of `text` it came from."""
+    chars, origin = [], []
     for i, char in enumerate(text):
         decomposed = unicodedata.normalize("NFKD", char)
-        plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-        if lookalikes:
-            plain = plain.translate(LOOKALIKES)
-        folded.append(plain)
-        origin += [i] * len(plain)
-    return "".join(folded), origin
+        plain = "".join(c for c in decomposed if unicodedata.category(c) not in INVISIBLE).casefold()
+        for c in plain.translate(LETTER_LOOKALIKES) if lookalikes else plain.replace("。", "."):
+            chars.append(c)
+            origin.append(i)
+    if lookalikes:
+        for k, c in enumerate(chars):
+            before = chars[k - 1] if k else ""
+            after = chars[k + 1] if k + 1 < len(chars) else ""
+            if c in DIGIT_LOOKALIKES and (before.isalpha() or after.isalpha()):
+                chars[k] = DIGIT_LOOKALIKES[c]
+            elif c in SYMBOL_LOOKALIKES and before.isalnum() and after.isalnum():
+                chars[k] = SYMBOL_LOOKALIKES[c]
+    return "".join(chars), origin
 
 
 def compile_pattern(pattern: str):
@@ -74,35 +90,44 @@ def compile_pattern(pattern: str):
 
 
 def terms_pattern(terms: list[str]) -> str:
-    """One expression matching any of `terms` as whole words, after folding."""
+    """One expression matching any of `terms` as whole words (group 1), after folding; the words of
+    a term may be apart by any run of spaces and punctuation (`crystal-meth`, across OCR lines)."""
     import re2
 
-    words = sorted({fold(t.strip())[0] for t in terms if t.strip()}, key=len, reverse=True)
-    return r"(?:^|[^\pL\pN])(" + "|".join(re2.escape(w) for w in words) + r")(?:$|[^\pL\pN])"
+    phrases = set()
+    for term in terms:
+        words = "".join(c if c.isalnum() else " " for c in fold(term)[0]).split()
+        if words:
+            phrases.add(r"[^\pL\pN]+".join(re2.escape(w) for w in words))
+    alternatives = sorted(phrases, key=len, reverse=True)
+    return r"(?:^|[^\pL\pN])(" + "|".join(alternatives) + r")(?:$|[^\pL\pN])"
 
 
 class TextRules:
-    """Every category's rules of a policy, compiled. `match(text)` lists what matched."""
+    """Every category's rules of a policy, compiled. `match(text)` lists what matched in its
+    first MAX_TEXT characters."""
 
     def __init__(self, policy):
         self.categories = [name for name, category in policy.categories.items() if category.text_rules is not None]
         self.scores = {name: policy.categories[name].text_rules.score for name in self.categories}
         self.regions = list(policy.text_detectors.phone_regions)
         self.allowed = [d.lower().strip(".") for d in policy.text_detectors.allowed_domains]
-        self.rules = []  # (category, rule name, compiled expression or None for a detector, look-alikes folded)
+        # (category, rule name, compiled expression or None for a detector, the group that is the match, look-alikes folded)
+        self.rules = []
         for name in self.categories:
             rules = policy.categories[name].text_rules
             if rules.terms:
-                self.rules.append((name, "term", compile_pattern(terms_pattern(rules.terms)), True))
-            self.rules += [(name, "pattern", compile_pattern(p), False) for p in rules.patterns]
-            self.rules += [(name, detector, None, False) for detector in rules.detectors]
+                self.rules.append((name, "term", compile_pattern(terms_pattern(rules.terms)), 1, True))
+            self.rules += [(name, "pattern", compile_pattern(p), 0, False) for p in rules.patterns]
+            self.rules += [(name, detector, None, 0, False) for detector in rules.detectors]
 
     def match(self, text: str) -> list[RuleMatch]:
-        if not text or not text.strip():
+        text = (text or "")[:MAX_TEXT]
+        if not text.strip():
             return []
         folded = {True: fold(text, True), False: fold(text, False)}
         found, detected = [], {}
-        for category, rule, expression, lookalikes in self.rules:
+        for category, rule, expression, group, lookalikes in self.rules:
             if expression is None:
                 if rule not in detected:
                     detected[rule] = self._detect(rule, text, *folded[False])
@@ -110,7 +135,7 @@ class TextRules:
                 continue
             plain, origin = folded[lookalikes]
             for m in expression.finditer(plain):
-                start, end = m.span(m.lastindex or 0)
+                start, end = m.span(group)
                 if end > start:
                     found.append(RuleMatch(category, rule, text[origin[start] : origin[end - 1] + 1]))
         return list(dict.fromkeys(found))
@@ -131,12 +156,21 @@ class TextRules:
 
     def _off_platform(self, url: str) -> bool:
         """Whether `url` names a real host outside the allow-list."""
-        host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].strip(".").lower()
+        from urllib.parse import urlsplit
+
+        written = url.replace("\\", "/")  # browsers read a backslash in a link as a slash
+        explicit = written.startswith(("http://", "https://", "www."))
+        try:
+            host = (urlsplit(written if "://" in written else "//" + written).hostname or "").strip(".")
+        except ValueError:  # not a URL after all (an unclosed IPv6 bracket, ...)
+            return False
         parts = _domain_parts(host)
-        if not parts.suffix or not any(c.isalpha() for c in parts.domain):
-            return url.startswith(("http", "www.")) and bool(host)
-        registered = f"{parts.domain}.{parts.suffix}"
-        return not any(registered == a or host == a or host.endswith("." + a) for a in self.allowed)
+        if not host or not parts.suffix or not any(c.isalpha() for c in parts.domain):
+            return explicit and bool(host)
+        bare = written == url and "/" not in written and not explicit
+        if bare and parts.suffix.rsplit(".", 1)[-1] not in BARE_HOST_SUFFIXES:
+            return False
+        return not any(host == a or host.endswith("." + a) for a in self.allowed)
 
 
 @cache
@@ -158,6 +192,8 @@ def _domain_parts(host: str):
 def _phone_numbers(text: str, regions: list[str]) -> list[str]:
     import phonenumbers
 
+    if sum(c.isdigit() for c in text) < MIN_PHONE_DIGITS:  # the parser is slow: most text holds no number
+        return []
     found = {}
     for region in regions:
         for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):

@@ -24,6 +24,8 @@ from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
 
 log = logging.getLogger(__name__)
 
+# A title is read by every text rule: one of megabytes would hold up its whole batch.
+MAX_TITLE_CHARS = 4096
 COLUMNS = ("item_id", "kind", "title", "image", "video", "category", "seller_id", "frames")
 REQUIRED = ("item_id", "kind")
 
@@ -130,6 +132,8 @@ def _check_row(value: dict, root: Path | str, default_frames: str) -> tuple[str 
     kind = value["kind"]
     if kind not in KINDS:
         return None, None, f"kind must be one of {', '.join(KINDS)}, not {kind!r}"
+    if len(value["title"] or "") > MAX_TITLE_CHARS:
+        return None, None, f"title is {len(value['title']):,} characters, over the {MAX_TITLE_CHARS:,} a title may have"
     frames = None
     if kind != PRODUCT:
         try:

@@ -39,6 +39,15 @@ def shipped() -> TextRules:
         ("соcaine", "соcaine"),  # Cyrillic с and о
         ("buy: heroin!", "heroin"),
         ("crystal meth", "crystal meth"),
+        ("crystal-meth", "crystal-meth"),
+        ("crystal\nmeth", "crystal\nmeth"),  # two lines OCR read
+        ("coc\u200baine", "coc\u200baine"),  # a zero-width space
+        ("co\u00adcaine", "co\u00adcaine"),  # a soft hyphen
+        ("coc\ufe0faine", "coc\ufe0faine"),  # a variation selector
+        ("coc\u034faine", "coc\u034faine"),  # a combining grapheme joiner
+        ("@cocaine", "cocaine"),
+        ("$heroin", "heroin"),
+        ("h3r0in", "h3r0in"),
     ],
 )
 def test_terms_match_after_folding_and_report_the_text_as_written(shipped, text, written):
@@ -80,6 +89,8 @@ def test_phone_numbers_are_found_in_the_policys_regions(shipped, text, written):
         ("WeChat ID: bags_88", "messaging_handle", "WeChat ID: bags_88"),
         ("Line: shop123", "messaging_handle", "Line: shop123"),
         ("DM me on instagram", "messaging_handle", "DM me on instagram"),
+        ("WhatsApp: sunnyshop", "messaging_handle", "WhatsApp: sunnyshop"),
+        ("LINK：EXAMPLE-DEALS。COM", "url", "EXAMPLE-DEALS。COM"),  # an ideographic full stop
     ],
 )
 def test_contact_details_are_found(shipped, text, rule, written):
@@ -102,6 +113,19 @@ def test_contact_details_are_found(shipped, text, rule, written):
         "a signal light",
         "online",
         "made in line with EU rules",
+        "Snap buttons 100pcs",
+        "snap hooks",
+        "Kik scooter",
+        "Skype headset",
+        "Viber case",
+        "TG 500 tile glue",
+        "Contact us at our store",
+        "find us in store",
+        "Mr.Coffee",
+        "README.md",
+        "Model A1.SE",
+        "Vol.Bio",
+        "Year 2024, 1080p, 4K",
     ],
 )
 def test_hard_negatives_match_no_rule(shipped, text):
@@ -111,13 +135,43 @@ def test_hard_negatives_match_no_rule(shipped, text):
 def test_an_allowed_domain_and_its_subdomains_are_not_off_platform(tmp_path):
     policy = policy_with(tmp_path, text_detectors={"phone_regions": ["US"], "allowed_domains": ["brand.example.com"]})
     rules = TextRules(policy)
-    assert rules.match("visit brand.example.com or shop.brand.example.com") == []
+    assert rules.match("visit brand.example.com or shop.brand.example.com or https://brand.example.com/sale?x=1") == []
     assert matched(rules, "visit other.example.com") == [("off_platform_contact", "url", "other.example.com")]
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://evil.com#.brand.example.com",
+        "www.evil.com#.brand.example.com",
+        "http://evil.com\\.brand.example.com",
+        "https://brand.example.com@evil.com/",
+        "https://evil.com?.brand.example.com",
+    ],
+)
+def test_a_link_dressed_as_an_allowed_domain_is_off_platform(tmp_path, link):
+    rules = TextRules(policy_with(tmp_path, text_detectors={"phone_regions": ["US"], "allowed_domains": ["brand.example.com"]}))
+    assert "url" in [m.rule for m in rules.match(f"see {link} now")]
+
+
+def test_a_patterns_match_is_all_it_matched_whatever_its_groups(tmp_path):
+    rules = TextRules(policy_with(tmp_path, {"patterns": [r"(\+?)\d{3}-\d{4}", r"(buy|sell) (coke|weed)"]}))
+    assert {m.text for m in rules.match("call 555-1234 to buy weed") if m.category == "drugs"} == {"555-1234", "buy weed"}
+
+
+def test_text_past_the_limit_is_not_read_and_a_long_title_is_refused_by_the_manifest(shipped, tmp_path):
+    from shoplens.pipelines.ingest.manifest import MAX_TITLE_CHARS, read_manifest
+    from shoplens.safety.text_rules import MAX_TEXT
+
+    assert MAX_TEXT >= MAX_TITLE_CHARS and shipped.match("x " * (MAX_TEXT // 2) + "cocaine") == []
+    (tmp_path / "m.csv").write_text(f"item_id,kind,title,image\na,product,{'x' * (MAX_TITLE_CHARS + 1)},a.jpg\n")
+    rows = read_manifest(str(tmp_path / "m.csv")).rows.to_pylist()
+    assert rows[0]["status"] == "error" and "over the 4,096 a title may have" in rows[0]["error"]
 
 
 def test_patterns_run_in_linear_time_where_a_backtracking_engine_would_not_finish(tmp_path):
     rules = TextRules(policy_with(tmp_path, {"patterns": [r"(a+)+$"], "score": 0.7}))
-    assert [m for m in rules.match("a" * 50_000 + "!") if m.category == "drugs"] == []  # Python's re: exponential
+    assert [m for m in rules.match("a" * 4000 + "!") if m.category == "drugs"] == []  # Python's re: exponential
     assert ("drugs", "pattern", "aaa") in matched(rules, "aaa")
     assert rules.probabilities(rules.match("aaa"))[rules.categories.index("drugs")] == 0.7
 
