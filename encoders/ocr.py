@@ -8,8 +8,9 @@ detector scales the short side *up* to 736, which makes a product photo several 
 only what is detected is recognised, and lines below `min_confidence` are dropped.
 
 `ReadText` is the ingest's OCR stage: it reads each row's `whole` pictures (encoders.decode) and
-reads a video frame whose PDQ hash is within `repeat_distance` of the frame read before it only
-once: a static overlay over many frames costs one read.
+reads a video frame only once when the next is the same picture (its PDQ hash within
+`repeat_distance` bits, and no part of it changed: PDQ barely moves when a line of text is
+added): a static overlay over many frames costs one read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from shoplens.encoders.rows import OK
 
+CHANGED_LEVELS, CHANGED_SHARE = 32, 0.001  # what makes a video frame another picture to read (`_unchanged`)
 MIN_READ_SIDE = 48  # pixels of the scaled picture's short side: more than one 32-px rounding step
 MODEL_FILES = {
     "Det.model_path": "PP-OCRv6_det_small.onnx",
@@ -30,10 +32,10 @@ MODEL_FILES = {
 }
 
 
-def ocr_provenance(max_side: int, min_confidence: float) -> str:
+def ocr_provenance(max_side: int, min_confidence: float, repeat_distance: int) -> str:
     """What made a row's text, stored like `model`: a new reader or setting re-reads every item."""
     models = "+".join(MODEL_FILES[key].removesuffix(".onnx") for key in ("Det.model_path", "Rec.model_path"))
-    return f"rapidocr-{version('rapidocr')}/{models}@{max_side}px,min{min_confidence:g}"
+    return f"rapidocr-{version('rapidocr')}/{models}@{max_side}px,min{min_confidence:g},repeat{repeat_distance}"
 
 
 def frames_read(value) -> list[list[dict]] | None:
@@ -135,13 +137,14 @@ class ReadText:
     def __init__(self, max_side: int = 640, min_confidence: float = 0.5, repeat_distance: int = 10, num_threads: int | None = None):
         self.reader = TextReader(max_side, min_confidence, num_threads)
         self.repeat_distance = repeat_distance
-        self.provenance = ocr_provenance(max_side, min_confidence)
+        self.provenance = ocr_provenance(max_side, min_confidence, repeat_distance)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
         lines, errors, models = (np.full(n, None, dtype=object) for _ in range(3))
         for i in range(n):
-            if batch["status"][i] != OK or batch["whole"][i] is None:
+            # Not read: no pictures (None, or NaN where Ray made a column of nothing a float one).
+            if batch["status"][i] != OK or not isinstance(batch["whole"][i], (np.ndarray, list)):
                 continue
             try:
                 lines[i] = self._read_frames(batch["whole"][i], batch["pdq"][i])
@@ -154,16 +157,30 @@ class ReadText:
     def _read_frames(self, pictures, hashes) -> list[list[dict]]:
         from shoplens.encoders.phash import hamming, hash_bytes
 
-        read, last_hash = [], None
+        read, last = [], None  # the lines of each frame; the last frame read, and its hash
         for picture, pdq in zip(pictures, hashes):
-            this_hash = hash_bytes([pdq]) if pdq is not None else None
-            if read and this_hash is not None and last_hash is not None and hamming(this_hash, last_hash)[0, 0] <= self.repeat_distance:
-                read.append(read[-1])  # the same picture as the frame read before: the same text
-                continue
+            picture, this_hash = np.asarray(picture), hash_bytes([pdq]) if pdq is not None else None
+            if last is not None and this_hash is not None and last[1] is not None:
+                if hamming(this_hash, last[1])[0, 0] <= self.repeat_distance and _unchanged(last[0], picture):
+                    read.append(read[-1])  # the same picture as the frame read before: the same text
+                    continue
             height, width = picture.shape[:2]
-            read.append([_line_dict(line, width, height) for line in self.reader(np.asarray(picture))])
-            last_hash = this_hash
+            read.append([_line_dict(line, width, height) for line in self.reader(picture)])
+            last = picture, this_hash
         return read
+
+
+def _unchanged(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether no part of a picture changed: at half size, fewer than CHANGED_SHARE of its pixels
+    moved by more than CHANGED_LEVELS grey levels (compression noise moves none that far; a line of
+    text moves a block of them)."""
+    import cv2
+
+    if before.shape != after.shape or before.dtype != np.uint8 or after.dtype != np.uint8 or before.ndim != 3:
+        return False
+    size = (max(1, before.shape[1] // 2), max(1, before.shape[0] // 2))
+    grey = [cv2.resize(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.int16) for p in (before, after)]
+    return float((np.abs(grey[0] - grey[1]) > CHANGED_LEVELS).mean()) < CHANGED_SHARE
 
 
 def _line_dict(line: TextLine, width: int, height: int) -> dict:

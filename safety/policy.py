@@ -69,7 +69,7 @@ class OcrPolicy(_Strict):
 
     enabled: bool = False
     media: list[Literal["images", "frames"]] = Field(default=["images", "frames"], min_length=1)
-    max_side: int = Field(default=640, ge=32, le=4096)  # pixels of the picture's long side as read
+    max_side: int = Field(default=640, ge=32, le=1920)  # pixels of the picture's long side as read (each row ships its frames at it)
     min_confidence: float = Field(default=0.5, ge=0, le=1)
     # A video frame within this PDQ distance of the frame read before it repeats its text: not read again.
     repeat_distance: int = Field(default=10, ge=0, le=256)
@@ -85,7 +85,7 @@ class OcrPolicy(_Strict):
         """Kind -> what reads its text, for the kinds OCR reads (stored as `ocr_model`)."""
         from shoplens.encoders.ocr import ocr_provenance
 
-        return {kind: ocr_provenance(self.max_side, self.min_confidence) for kind in self.read_sides()}
+        return {kind: ocr_provenance(self.max_side, self.min_confidence, self.repeat_distance) for kind in self.read_sides()}
 
 
 class CategoryPolicy(_Strict):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -259,7 +260,9 @@ class SafetyScorer:
                     continue
                 seen.add((m.category, m.rule, m.text))
                 where = {"source": "image"} if batch["kind"][i] == PRODUCT else {"source": "frame", "timestamp_s": round(float(seconds), 3)}
-                box = next((line["box"] for line in lines if m.text in line["text"]), None)
+                box = next(
+                    (line["box"] for line in lines if m.text in line["text"] or m.text in unicodedata.normalize("NFKC", line["text"])), None
+                )
                 found.append({**asdict(m), **where, "box": box})
         return json.dumps(found, ensure_ascii=False)
 

@@ -19,7 +19,7 @@ from shoplens.encoders.clip import ClipSpec
 from shoplens.encoders.decode import MediaDecoder
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.ocr import ReadText
-from shoplens.encoders.rows import ERROR, OK, SKIPPED
+from shoplens.encoders.rows import ERROR, OK, PRODUCT, SKIPPED
 from shoplens.encoders.video import DEFAULT_SAMPLING, FrameSampling
 from shoplens.encoders.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSource, resolve_weights
 from shoplens.pipelines.ingest.manifest import read_manifest
@@ -170,6 +170,8 @@ def _scored_batches(
     block_rows = pools.embed.batch_size * 2
     ds = ray.data.from_arrow([rows.slice(start, block_rows) for start in range(0, rows.num_rows, block_rows)])
     defer = config.device_decode == "on" or (config.device_decode == "auto" and pools.embed.num_gpus > 0)
+    if defer and policy.ocr.reads(PRODUCT):
+        log.warning("product images are decoded on the CPU, not the embedding device: the policy's OCR reads them whole on the host")
     ds = apply_stage(
         ds,
         MediaDecoder,

@@ -67,8 +67,10 @@ def plan_pools(
     if not ocr:
         return plan
     if plan.embed.num_gpus:
-        ocr_cpus = max(1, int(plan.decode.size * OCR_SHARE))
-        decode = StagePool(size=max(1, plan.decode.size - ocr_cpus), num_cpus=1, batch_size=plan.decode.batch_size)
+        cores = plan.decode.size * plan.decode.num_cpus
+        ocr_cpus = max(1, int(cores * OCR_SHARE)) if cores >= 2 else cores * OCR_SHARE  # one core: half each
+        decoders = max(1, math.floor(cores - ocr_cpus))
+        decode = StagePool(size=decoders, num_cpus=(cores - ocr_cpus) / decoders, batch_size=plan.decode.batch_size)
         return PoolPlan(decode, plan.embed, _ocr_pool(ocr_cpus))
     embed = plan.embed
     ocr_cpus = embed.size * embed.num_cpus * OCR_SHARE

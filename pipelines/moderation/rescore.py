@@ -98,7 +98,7 @@ def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int, po
         out["timestamp_s"][i] = np.array([f["timestamp_s"] for f in mine], np.float32)
         out["frame_index"][i] = np.array([f["frame_index"] for f in mine], np.int64)
         read = item["ocr_model"] is not None and item["status"] == OK
-        out["frame_ocr_lines"][i] = [f["ocr_lines"] or [] for f in mine] if read else None
+        out["frame_ocr_lines"][i] = [_confident(f["ocr_lines"], policy.ocr.min_confidence) for f in mine] if read else None
         if not read and item["status"] == OK and policy.ocr.reads(item["kind"]):
             out["ocr_error"][i] = "OCR did not read this item when it was ingested: re-ingest it to score it"
     columns = {name: np.array([item[name] for item in items], dtype=object) for name in items[0]} if items else {}
@@ -107,3 +107,8 @@ def _stored_batch(items: list[dict], frames: dict[str, list[dict]], dim: int, po
             n, dim
         )
     return columns | out
+
+
+def _confident(lines: list[dict] | None, min_confidence: float) -> list[dict]:
+    """The stored lines the policy's OCR would keep now: a raised `min_confidence` applies at once."""
+    return [line for line in lines or [] if line["confidence"] >= min_confidence]

@@ -119,7 +119,7 @@ def test_the_stage_reads_each_frame_once_a_repeat_is_not_read_again_and_boxes_ar
     box = np.array(frames[0][0]["box"]).reshape(4, 2)
     assert ((0 <= box) & (box <= 1)).all() and box[:, 0].min() < 40 / 640 + 0.02 and 150 / 300 - 0.2 < box[:, 1].max() < 0.6
     assert out["frame_ocr_lines"][1] is None and out["ocr_model"][1] is None  # nothing to read: not read
-    assert out["ocr_model"][0] == ocr_provenance(640, 0.5) and list(out["ocr_error"]) == [None, None]
+    assert out["ocr_model"][0] == ocr_provenance(640, 0.5, 10) and list(out["ocr_error"]) == [None, None]
 
 
 def test_a_picture_ocr_cannot_take_is_that_rows_error_and_the_batch_goes_on():
@@ -138,3 +138,38 @@ def test_pictures_too_small_or_flat_to_read_have_no_text_and_no_error(shape):
 
     out = ReadText(num_threads=1)(stage_batch([[np.full(shape, 200, np.uint8)]]))
     assert out["frame_ocr_lines"][0] == [[]] and out["ocr_error"][0] is None
+
+
+def test_rows_without_pictures_are_not_read_even_as_ray_hands_them_over():
+    """A batch none of whose rows has pictures to read: Ray makes the column a float one (NaN)."""
+    from shoplens.encoders.ocr import ReadText
+
+    batch = stage_batch([None, None])
+    batch["whole"] = np.full(2, np.nan, np.float32)
+    out = ReadText(num_threads=1)(batch)
+    assert list(out["ocr_error"]) == [None, None] and list(out["frame_ocr_lines"]) == [None, None]
+
+
+def test_a_line_of_text_added_to_the_next_frame_is_read_though_pdq_barely_moves():
+    """A 1920 x 1080 frame, then the same with a contact line added, both fitted within 640 px:
+    their PDQ hashes lie within a generous repeat distance, their pixels do not."""
+    import cv2
+
+    from shoplens.encoders.ocr import ReadText
+    from shoplens.encoders.phash import hamming, hash_bytes, pdq_hash
+    from shoplens.encoders.video import fit_frame
+
+    first = np.full((1080, 1920, 3), 235, np.uint8)
+    cv2.putText(first, "SUMMER SALE", (200, 400), cv2.FONT_HERSHEY_SIMPLEX, 6, (20, 20, 20), 12)
+    second = first.copy()
+    cv2.putText(second, "dm me on telegram @deals88", (200, 900), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (20, 20, 20), 3)
+    frames = [fit_frame(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), 640) for f in (first, first.copy(), second)]
+    hashes = [pdq_hash(f)[0] for f in frames]
+    assert hamming(hash_bytes(hashes[1:2]), hash_bytes(hashes[2:3]))[0, 0] <= 64  # PDQ alone would call it a repeat
+    stage = ReadText(max_side=640, repeat_distance=64, num_threads=1)
+    calls = []
+    read = stage.reader
+    stage.reader = lambda rgb: calls.append(1) or read(rgb)
+    lines = stage({"status": np.array(["ok"], dtype=object), "whole": [np.stack(frames)], "pdq": [hashes]})["frame_ocr_lines"][0]
+    assert len(calls) == 2  # the true repeat was not read again; the changed frame was
+    assert any("telegram" in line["text"].lower() for line in lines[2])

@@ -3,6 +3,7 @@ models, a real LanceDB; what is read is stored, judged by the policy's text rule
 and re-read only when the reader or its settings change."""
 
 import json
+import shutil
 
 import lancedb
 import numpy as np
@@ -85,10 +86,10 @@ def test_a_phone_number_painted_on_a_photo_is_reviewed_saying_what_and_where(sho
     assert ((0 <= box) & (box <= 1)).all() and box[:, 1].max() < 0.35  # the sticker near the top
     assert painted_row["ocr_text"].splitlines() == ["MOONSTONE EDITION", f"Call {PHONE}"]
     assert [line["text"] for line in painted_row["ocr_lines"]] == ["MOONSTONE EDITION", f"Call {PHONE}"]
-    assert painted_row["ocr_model"] == ocr_provenance(640, 0.5)
+    assert painted_row["ocr_model"] == ocr_provenance(640, 0.5, 10)
     # The same photo without the text: nothing read, nothing matched, allowed.
     assert bare["decision"] == ALLOW and bare["risk_off_platform_contact"] == 0.0 and json.loads(bare["text_match"]) == []
-    assert bare["ocr_text"] is None and bare["ocr_lines"] == [] and bare["ocr_model"] == ocr_provenance(640, 0.5)
+    assert bare["ocr_text"] is None and bare["ocr_lines"] == [] and bare["ocr_model"] == ocr_provenance(640, 0.5, 10)
 
 
 @ray_job
@@ -120,19 +121,21 @@ def test_a_word_only_in_a_picture_finds_its_item_by_keyword_and_hybrid_search(sh
 
 
 @ray_job
-def test_a_rerun_skips_what_was_read_and_new_ocr_settings_read_everything_again(shop):
-    root, manifest, db, policy, _ = shop
+def test_a_rerun_skips_what_was_read_and_new_ocr_settings_read_everything_again(shop, tmp_path):
+    root, manifest, shared, policy, _ = shop
+    db = str(shutil.copytree(shared, tmp_path / "db"))  # the other tests keep the shared one as it was
     assert run(manifest, db, policy)["skipped"] == 3
     sharper = ocr_policy(root / "sharper.yaml", max_side=800)
     again = run(manifest, db, sharper)
     assert again["skipped"] == 0 and again["ok"] == 3
-    assert {row["ocr_model"] for row in rows(db).values()} == {ocr_provenance(800, 0.5)}
+    assert {row["ocr_model"] for row in rows(db).values()} == {ocr_provenance(800, 0.5, 10)}
     assert json.loads(rows(db)["painted"]["text_match"])[0]["text"] == PHONE
 
 
 @ray_job
 def test_rescoring_with_a_new_text_rule_reads_the_stored_text_without_reading_pictures_again(shop, tmp_path):
-    _, _, db, policy, _ = shop
+    _, _, shared, policy, _ = shop
+    db = str(shutil.copytree(shared, tmp_path / "db"))
     document = yaml.safe_load(open(policy).read())
     document["version"] = "test-ocr-brand-rule"
     document["categories"]["counterfeit"] = {"review": 0.5, "block": 0.95, "text_rules": {"terms": ["moonstone"], "score": 0.7}}
@@ -156,12 +159,13 @@ def test_the_review_export_carries_the_text_and_outlines_the_match_on_the_eviden
     tasks = {t["data"]["item_id"]: t["data"] for t in json.loads((out / "tasks.json").read_text())}
     assert set(tasks) == {"painted", "clip"}  # the bare photo is allowed: not queued
     painted_task = tasks["painted"]
-    assert painted_task["ocr_text"].endswith(PHONE) and painted_task["text_match"][0]["text"] == PHONE
+    phone = next(m for m in painted_task["text_match"] if m["rule"] == "phone_number")
+    assert painted_task["ocr_text"].endswith(PHONE) and phone["text"] == PHONE
     assert f"off_platform_contact: phone_number '{PHONE}' in image" in painted_task["details"]
     assert "frame at" in tasks["clip"]["details"]
     assert LabelInterface((out / "labeling_config.xml").read_text()).validate_task({"data": painted_task})
     evidence = np.asarray(Image.open(out / painted_task["image"]).convert("RGB")).astype(int)
-    box = np.array(painted_task["text_match"][0]["box"]).reshape(4, 2) * [evidence.shape[1], evidence.shape[0]]
+    box = np.array(phone["box"]).reshape(4, 2) * [evidence.shape[1], evidence.shape[0]]
     left, top = box.min(axis=0).astype(int)
     red = (evidence[..., 0] > 180) & (evidence[..., 1] < 90) & (evidence[..., 2] < 90)
     right, bottom = box.max(axis=0).astype(int)
@@ -186,4 +190,4 @@ def test_items_stored_unread_are_unscored_by_a_rescore_whose_policy_reads_text_u
     assert cup["decision"] == "unscored" and "re-ingest it" in cup["safety_error"]
     ingest_in_process(manifest, db, reading)
     cup = rows(db)["cup"]
-    assert cup["decision"] != "unscored" and cup["ocr_model"] == ocr_provenance(640, 0.5) and cup["text_match"] is not None
+    assert cup["decision"] != "unscored" and cup["ocr_model"] == ocr_provenance(640, 0.5, 10) and cup["text_match"] is not None

@@ -124,7 +124,9 @@ def reserved(plan) -> float:
     return sum(pool.size * pool.num_cpus for pool in (plan.decode, plan.embed, plan.ocr) if pool is not None)
 
 
-@pytest.mark.parametrize(("node_cpus", "gpus"), [([2], 0), ([16], 0), ([8, 8, 8], 0), ([16], 1), ([96], 8), ([4], 1)])
+@pytest.mark.parametrize(
+    ("node_cpus", "gpus"), [([2], 0), ([1], 0), ([16], 0), ([8, 8, 8], 0), ([16], 1), ([96], 8), ([4], 1), ([2], 1), ([3], 1)]
+)
 def test_ocr_gets_its_own_pool_out_of_the_same_cores(node_cpus, gpus):
     without, plan = plan_pools(node_cpus, gpus, "auto"), plan_pools(node_cpus, gpus, "auto", ocr=True)
     assert without.ocr is None and plan.ocr is not None and plan.ocr.num_gpus == 0
