@@ -57,7 +57,7 @@ class Sizes:
 GPU = Sizes("cuda", ("ViT-B-32", "ViT-L-14"), 4096, 512, 1024, 40_000, 64, True)
 DRY_RUN = Sizes("cpu", ("shoplens-micro",), 16, 8, 8, 16, 1, False)
 # Images/s end to end on one H100 or H200. The shipped policy reads text (OCR) on the node's CPU cores,
-# about 4 pictures a core-second at 640 px (benchmarks/ocr.py): with 16 cores that, not the GPU, bounds it.
+# about one picture a CPU-second at 640 px (benchmarks/ocr.py): with 16 cores that, not the GPU, bounds it.
 GOALS = {"no_pixel_models_no_ocr": 8000, "shipped_policy": 4000}
 
 
