@@ -173,6 +173,8 @@ review_app = typer.Typer(no_args_is_help=True, help="The moderation review queue
 app.add_typer(safety_app, name="safety")
 safety_app.add_typer(bank_app, name="bank")
 app.add_typer(features_app, name="features")
+codes_app = typer.Typer(no_args_is_help=True, help="Semantic IDs: discrete codes of the item embeddings.")
+app.add_typer(codes_app, name="codes")
 app.add_typer(review_app, name="review")
 
 
@@ -263,6 +265,26 @@ def features_export(
     from shoplens.pipelines.store.features_export import export_features
 
     run_job(lambda: export_features(db, out))
+
+
+@codes_app.command("fit")
+def codes_fit(
+    db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote."),
+    levels: int = typer.Option(3, help="Code levels, coarse to fine (residual quantisation)."),
+    codebook_size: int = typer.Option(256, help="Codes a level."),
+) -> None:
+    """Fit a new version of the semantic-ID codebooks on the stored item vectors (earlier versions are kept)."""
+    from shoplens.pipelines.store.codes import fit_codes
+
+    run_job(lambda: fit_codes(db, levels, codebook_size))
+
+
+@codes_app.command("assign")
+def codes_assign(db: str = typer.Option(..., "--db", help="LanceDB database that `shoplens ingest` wrote.")) -> None:
+    """Code every stored item with the newest codebooks (semantic_id, codes_version)."""
+    from shoplens.pipelines.store.codes import assign_codes
+
+    run_job(lambda: assign_codes(db))
 
 
 @app.command()

@@ -21,7 +21,7 @@ ITEM_COLUMNS = (
     "evidence_timestamp_s",
     "hash_match",
 )
-OPTIONAL_COLUMNS = ("dup_count",)
+OPTIONAL_COLUMNS = ("dup_count", "semantic_id", "codes_version")
 
 
 def feature_columns(item_schema: pa.Schema) -> list[str]:
@@ -30,8 +30,9 @@ def feature_columns(item_schema: pa.Schema) -> list[str]:
     return [*ITEM_COLUMNS, *risks, *(n for n in OPTIONAL_COLUMNS if n in item_schema.names)]
 
 
-def feature_batch(items: pa.RecordBatch) -> pa.RecordBatch:
-    """`items` rows (the columns `feature_columns` names) as feature rows."""
+def feature_batch(items: pa.RecordBatch, code_levels: int = 0) -> pa.RecordBatch:
+    """`items` rows (the columns `feature_columns` names) as feature rows; an item's semantic ID
+    as `semantic_id_0` .. `semantic_id_<code_levels - 1>` (null past its own levels)."""
     n = items.num_rows
     columns = {
         "item_id": items["item_id"],
@@ -43,4 +44,9 @@ def feature_batch(items: pa.RecordBatch) -> pa.RecordBatch:
             columns[name] = items[name]
     columns["hash_matched"] = pc.is_valid(items["hash_match"])
     columns["hash_match"] = items["hash_match"]
+    if "semantic_id" in items.schema.names:  # one column a level: what a feature store joins on
+        ids = columns.pop("semantic_id").to_pylist()
+        for level in range(code_levels):
+            columns[f"semantic_id_{level}"] = pa.array([c[level] if c is not None and len(c) > level else None for c in ids], pa.int32())
+        columns["codes_version"] = columns.pop("codes_version")
     return pa.RecordBatch.from_pydict(columns)

@@ -310,7 +310,10 @@ def ingest_in_process(manifest: Path, db: str, policy: Path | None = None, media
         batch = ReadText(ocr.max_side, ocr.min_confidence, ocr.repeat_distance, num_threads=1)(batch)
     batch = stage(batch)
     written = batch["status"] != SKIPPED
-    pending = PendingWrites(store, table, frames, 4096, scoring.names)
+    codebooks = store.codebooks()
+    pending = PendingWrites(
+        store, table, frames, 4096, scoring.names, codebooks if codebooks and codebooks.model == encoder.provenance else None
+    )
     pending.add({k: v[written] for k, v in batch.items()})
     pending.flush()
 

@@ -134,7 +134,11 @@ def ingest(
         summary.record_error(rejected["item_id"], rejected["error"], rejected["row"])
 
     rows = store.mark_unchanged(table, manifest.rows, source.provenance, policy.ocr.provenances())
-    pending = PendingWrites(store, table, frames_table, config.write_batch_rows, policy.names)
+    codebooks = store.codebooks()
+    if codebooks is not None and codebooks.model != source.provenance:
+        log.warning("the database's codebooks code %s vectors, not %s: items are written without codes", codebooks.model, source.provenance)
+        codebooks = None
+    pending = PendingWrites(store, table, frames_table, config.write_batch_rows, policy.names, codebooks)
     last_write = time.monotonic()
     for batch in _scored_batches(rows, source, config, policy, heads, bank, manifest.root):
         write = _tally(batch, summary)

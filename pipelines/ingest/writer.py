@@ -12,6 +12,7 @@ import pyarrow as pa
 from shoplens.encoders.media import text_or_none
 from shoplens.encoders.ocr import distinct_lines, frame_text, frames_read
 from shoplens.encoders.rows import OK, PRODUCT, UNSCORED, VIDEO_KINDS, is_category_risk, risk_column
+from shoplens.pipelines.store.codes import item_codes
 from shoplens.pipelines.store.database import ItemStore
 from shoplens.pipelines.store.schemas import METADATA_FIELDS, SAFETY_FIELDS
 
@@ -144,15 +145,20 @@ class PendingWrites:
         "frame_signal_scores",
     )
 
-    def __init__(self, store: ItemStore, items, frames, commit_rows: int, categories: list[str]):
+    def __init__(self, store: ItemStore, items, frames, commit_rows: int, categories: list[str], codebooks=None):
         self.store, self.items, self.frames, self.commit_rows = store, items, frames, commit_rows
+        self.codebooks = codebooks  # semantic IDs for the items written (encoders.codes); None: none
         self.categories = list(categories)  # the scoring policy's, in the order of its `frame_risks`
         self.item_rows: list[pa.Table] = []
         self.frame_rows: list[pa.Table] = []
         self.rows = 0
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
-        self.item_rows.append(item_rows(batch, self.items.schema, self.categories))
+        rows = item_rows(batch, self.items.schema, self.categories)
+        if self.codebooks is not None:  # with codebooks of the job's model: its new items get codes
+            for name, column in item_codes(self.codebooks, rows["vector"].to_pylist()).items():
+                rows = rows.set_column(rows.schema.get_field_index(name), name, column)
+        self.item_rows.append(rows)
         self.frame_rows.append(frame_rows(batch, self.frames.schema, self.categories))
         self.rows += len(batch["item_id"])
 

@@ -17,6 +17,7 @@ from shoplens.encoders.errors import UsageError
 from shoplens.encoders.object_store import s3_endpoint, s3_region
 from shoplens.encoders.rows import OK, risk_column
 from shoplens.pipelines.store.schemas import (
+    CODEBOOKS,
     FRAMES,
     HASH_BANK,
     ITEMS,
@@ -236,6 +237,41 @@ class ItemStore:
             return load_policy_and_heads(None)
         heads = EmbeddingHeads.from_bytes(newest["heads"]) if newest["heads"] else None
         return parse_policy(newest["policy"], f"{self.uri} ({POLICIES} table, version {newest['version']})"), heads
+
+    def save_codebooks(self, books, fitted_on: int) -> None:
+        """Stores a new version of the semantic-ID codebooks; the newest is the database's."""
+        row = pa.table(
+            {
+                "version": [books.version],
+                "created_at": [dt.datetime.now(dt.timezone.utc)],
+                "model": [books.model],
+                "levels": pa.array([books.levels], pa.int32()),
+                "codebook_size": pa.array([books.size], pa.int32()),
+                "fitted_on": pa.array([fitted_on], pa.int64()),
+                "centroids": pa.array([books.to_bytes()], pa.binary()),
+            }
+        )
+        table = self.existing(CODEBOOKS)
+        if table is None:
+            table = self.db.create_table(CODEBOOKS, schema=row.schema, exist_ok=True)
+        table.add(row)
+
+    def code_levels(self) -> int:
+        """The most levels of any stored codebooks version (0 before any)."""
+        table = self.existing(CODEBOOKS)
+        return max(table.search().select(["levels"]).limit(None).to_arrow()["levels"].to_pylist(), default=0) if table else 0
+
+    def codebooks(self, version: str | None = None):
+        """The codebooks of `version`, or the newest; None when none was fitted (or no such version)."""
+        from shoplens.encoders.codes import Codebooks
+
+        table = self.existing(CODEBOOKS)
+        if table is None:
+            return None
+        rows = table.search().select(["version", "created_at", "model", "centroids"]).limit(None).to_arrow()
+        rows = rows.sort_by([("created_at", "descending")]).to_pylist()
+        row = next((r for r in rows if version is None or r["version"] == version), None)
+        return None if row is None else Codebooks.from_bytes(row["centroids"], row["model"], row["version"])
 
     def remember_policy(self, policy, heads) -> bool:
         """Stores the policy a job was given, unless it is already the database's newest: later

@@ -23,14 +23,15 @@ def export_features(db: str, out: Path, batch_rows: int = 65_536) -> dict:
     columns = feature_columns(stored_schema)
     schema = pa.schema([stored_schema.field(c) if c in stored_schema.names else current.field(c) for c in columns])
     stored = [c for c in columns if c in stored_schema.names]
+    levels = store.code_levels()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     rows = 0
     try:
-        with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema)).schema) as writer:
+        with pq.ParquetWriter(partial, feature_batch(pa.RecordBatch.from_pylist([], schema=schema), levels).schema) as writer:
             for batch in store.scan(ITEMS, stored, batch_rows):
                 whole = [batch[c] if c in stored else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns]
-                writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema)))
+                writer.write_batch(feature_batch(pa.RecordBatch.from_arrays(whole, schema=schema), levels))
                 rows += batch.num_rows
         partial.replace(out)
     finally:

@@ -12,6 +12,7 @@ FRAMES = "frames"
 HASH_BANK = "hash_bank"
 POLICIES = "policies"
 LABELS = "labels"
+CODEBOOKS = "codebooks"  # semantic-ID codebooks (encoders.codes), one row a version
 # `note` (what was capped or cut short) and `frames` (the video's sampling) extend the design's columns.
 METADATA_FIELDS = ("item_id", "kind", "title", "category", "seller_id", "media_uri", "media_sha256", "status", "error", "note", "frames")
 
@@ -39,6 +40,8 @@ OCR_LINE = pa.struct(
         pa.field("timestamp_s", pa.float32()),
     ]
 )
+# Semantic IDs (`shoplens codes`): an item's codes, coarse to fine, and the codebooks' version.
+CODE_FIELDS = (pa.field("semantic_id", pa.list_(pa.int32())), pa.field("codes_version", pa.string()))
 OCR_FIELDS = (
     pa.field("ocr_text", pa.string()),  # the item's distinct lines, in the order they first appear
     pa.field("ocr_lines", pa.list_(OCR_LINE)),
@@ -87,6 +90,7 @@ def items_schema(dim: int, categories: list[str]) -> pa.Schema:
             + risk_fields(categories)
             + list(SAFETY_FIELDS)
             + list(OCR_FIELDS)
+            + list(CODE_FIELDS)
         ),
         ITEMS,
     )
