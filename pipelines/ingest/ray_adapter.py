@@ -51,9 +51,10 @@ GPU_ACTOR_CPUS = 4
 # a batch holds at most 512 MB of them (two are in flight per actor).
 GPU_BATCH_ROWS = 512
 SHIPPED_GPU_NODE_CPUS = 16  # a GPU node of ray_cluster.yaml, for a plan made before any is alive
-# OCR (CPU only, on ONNX Runtime) costs several embeddings a picture (benchmarks/ocr.py): with it on,
-# it takes this share of the model's cores on CPU clusters, of the decoders' on GPU clusters.
-OCR_SHARE = 0.5
+# OCR (CPU only, on ONNX Runtime) costs about ten embeddings a picture at 640 px, and a hundred
+# decodes (benchmarks/ocr.py): with it on, it takes this share of the model's cores on CPU
+# clusters, of the decoders' on GPU clusters.
+OCR_SHARE = 0.8
 OCR_ACTOR_CPUS = 4
 OCR_BATCH_ROWS = 8
 
@@ -70,16 +71,16 @@ def plan_pools(
         cores = plan.decode.size * plan.decode.num_cpus
         ocr_cpus = max(1, int(cores * OCR_SHARE)) if cores >= 2 else cores * OCR_SHARE  # one core: half each
         decoders = max(1, math.floor(cores - ocr_cpus))
-        decode = StagePool(size=decoders, num_cpus=(cores - ocr_cpus) / decoders, batch_size=plan.decode.batch_size)
+        decode = StagePool(size=decoders, num_cpus=round((cores - ocr_cpus) / decoders, 4), batch_size=plan.decode.batch_size)
         return PoolPlan(decode, plan.embed, _ocr_pool(ocr_cpus))
     embed = plan.embed
     ocr_cpus = embed.size * embed.num_cpus * OCR_SHARE
-    return PoolPlan(plan.decode, StagePool(embed.size, embed.num_cpus * (1 - OCR_SHARE), embed.batch_size), _ocr_pool(ocr_cpus))
+    return PoolPlan(plan.decode, StagePool(embed.size, round(embed.num_cpus * (1 - OCR_SHARE), 4), embed.batch_size), _ocr_pool(ocr_cpus))
 
 
 def _ocr_pool(cpus: float) -> StagePool:
     actors = max(1, math.ceil(cpus / OCR_ACTOR_CPUS))
-    return StagePool(size=actors, num_cpus=cpus / actors, batch_size=OCR_BATCH_ROWS)
+    return StagePool(size=actors, num_cpus=round(cpus / actors, 4), batch_size=OCR_BATCH_ROWS)
 
 
 def _plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None) -> PoolPlan:

@@ -135,5 +135,5 @@ def test_ocr_gets_its_own_pool_out_of_the_same_cores(node_cpus, gpus):
     assert plan.embed.size == without.embed.size and plan.embed.num_gpus == without.embed.num_gpus
     if gpus:  # the GPU keeps its feeders; OCR takes decoders' cores
         assert plan.embed.num_cpus == without.embed.num_cpus and plan.decode.size >= 1
-    else:  # OCR costs as much as the model: they share its cores
-        assert math.isclose(plan.ocr.size * plan.ocr.num_cpus, plan.embed.size * plan.embed.num_cpus)
+    else:  # OCR costs several times the model: it takes most of the model's cores
+        assert plan.ocr.size * plan.ocr.num_cpus > plan.embed.size * plan.embed.num_cpus
