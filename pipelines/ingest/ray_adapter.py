@@ -71,16 +71,21 @@ def plan_pools(
         cores = plan.decode.size * plan.decode.num_cpus
         ocr_cpus = max(1, int(cores * OCR_SHARE)) if cores >= 2 else cores * OCR_SHARE  # one core: half each
         decoders = max(1, math.floor(cores - ocr_cpus))
-        decode = StagePool(size=decoders, num_cpus=round((cores - ocr_cpus) / decoders, 4), batch_size=plan.decode.batch_size)
+        decode = StagePool(size=decoders, num_cpus=_cores((cores - ocr_cpus) / decoders), batch_size=plan.decode.batch_size)
         return PoolPlan(decode, plan.embed, _ocr_pool(ocr_cpus))
     embed = plan.embed
     ocr_cpus = embed.size * embed.num_cpus * OCR_SHARE
-    return PoolPlan(plan.decode, StagePool(embed.size, round(embed.num_cpus * (1 - OCR_SHARE), 4), embed.batch_size), _ocr_pool(ocr_cpus))
+    return PoolPlan(plan.decode, StagePool(embed.size, _cores(embed.num_cpus * (1 - OCR_SHARE)), embed.batch_size), _ocr_pool(ocr_cpus))
+
+
+def _cores(cpus: float) -> float:
+    """`cpus` rounded down to Ray's resource precision (1/10,000): never more than was shared."""
+    return math.floor(cpus * 10_000 + 1e-6) / 10_000
 
 
 def _ocr_pool(cpus: float) -> StagePool:
     actors = max(1, math.ceil(cpus / OCR_ACTOR_CPUS))
-    return StagePool(size=actors, num_cpus=round(cpus / actors, 4), batch_size=OCR_BATCH_ROWS)
+    return StagePool(size=actors, num_cpus=_cores(cpus / actors), batch_size=OCR_BATCH_ROWS)
 
 
 def _plan_pools(node_cpus: list[float], gpus: float, device: str, gpu_capacity: float = 0.0, cpus_per_gpu: float | None = None) -> PoolPlan:
