@@ -130,7 +130,7 @@ def reserved(plan) -> float:
 def test_ocr_gets_its_own_pool_out_of_the_same_cores(node_cpus, gpus):
     without, plan = plan_pools(node_cpus, gpus, "auto"), plan_pools(node_cpus, gpus, "auto", ocr=True)
     assert without.ocr is None and plan.ocr is not None and plan.ocr.num_gpus == 0
-    assert reserved(plan) <= sum(node_cpus) + 1e-9 and math.isclose(reserved(plan), reserved(without))  # no core promised twice
+    assert reserved(plan) <= sum(node_cpus) + 1e-9 and math.isclose(reserved(plan), reserved(without), abs_tol=0.01)  # none promised twice
     assert plan.ocr.num_cpus <= max(node_cpus) and plan.ocr.size * plan.ocr.threads >= 1
     assert plan.embed.size == without.embed.size and plan.embed.num_gpus == without.embed.num_gpus
     if gpus:  # the GPU keeps its feeders; OCR takes decoders' cores
