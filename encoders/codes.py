@@ -49,12 +49,18 @@ class Codebooks:
             kmeans = faiss.Kmeans(vectors.shape[1], size, niter=iterations, seed=seed + level, max_points_per_centroid=256)
             kmeans.train(residual)
             books.append(kmeans.centroids.astype(np.float32))
-            residual -= books[-1][_nearest(residual, books[-1])]
+            for start in range(0, len(residual), ASSIGN_ROWS):  # in place, a chunk at a time: memory stays at one copy
+                chunk = residual[start : start + ASSIGN_ROWS]
+                chunk -= books[-1][_nearest(chunk, books[-1])]
         return cls(np.stack(books), model, version)
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """Codes int32 [N, levels], coarse to fine, of `vectors` [N, D]."""
-        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        """Codes int32 [N, levels], coarse to fine, of finite `vectors` [N, D]."""
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"these codebooks code {self.dim}-d vectors, not {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("a vector to code is not finite")
         codes = np.empty((len(vectors), self.levels), np.int32)
         for start in range(0, len(vectors), ASSIGN_ROWS):
             residual = vectors[start : start + ASSIGN_ROWS].copy()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-FEATURE_SCHEMA_VERSION = "1"
+FEATURE_SCHEMA_VERSION = "2"  # 2: semantic_id_<level> and codes_version
 # Read from `items`, besides `risk_<category>`; `dup_count` joins them where dedup has run.
 ITEM_COLUMNS = (
     "item_id",
@@ -45,8 +45,9 @@ def feature_batch(items: pa.RecordBatch, code_levels: int = 0) -> pa.RecordBatch
     columns["hash_matched"] = pc.is_valid(items["hash_match"])
     columns["hash_match"] = items["hash_match"]
     if "semantic_id" in items.schema.names:  # one column a level: what a feature store joins on
-        ids = columns.pop("semantic_id").to_pylist()
+        ids, version = columns.pop("semantic_id").to_pylist(), columns.pop("codes_version")
         for level in range(code_levels):
             columns[f"semantic_id_{level}"] = pa.array([c[level] if c is not None and len(c) > level else None for c in ids], pa.int32())
-        columns["codes_version"] = columns.pop("codes_version")
+        if code_levels:
+            columns["codes_version"] = version
     return pa.RecordBatch.from_pydict(columns)

@@ -156,7 +156,7 @@ class PendingWrites:
     def add(self, batch: dict[str, np.ndarray]) -> None:
         rows = item_rows(batch, self.items.schema, self.categories)
         if self.codebooks is not None:  # with codebooks of the job's model: its new items get codes
-            for name, column in item_codes(self.codebooks, rows["vector"].to_pylist()).items():
+            for name, column in item_codes(self.codebooks, rows["vector"]).items():
                 rows = rows.set_column(rows.schema.get_field_index(name), name, column)
         self.item_rows.append(rows)
         self.frame_rows.append(frame_rows(batch, self.frames.schema, self.categories))

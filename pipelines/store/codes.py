@@ -50,6 +50,7 @@ def fit_codes(db: str, levels: int = 3, codebook_size: int = 256, seed: int = 0)
         "codebook_size": codebook_size,
         "fitted_on": len(vectors),
         "unique_code_share": round(unique, 4),
+        "next": f"stored items keep their codes until `shoplens codes assign --db {db}` codes them with this version",
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -66,9 +67,10 @@ def assign_codes(db: str) -> dict:
         raise CodesError(f"{db}: the codebooks code {books.model} vectors, but the items are {model}: run `shoplens codes fit` again")
     table = store.items(books.dim, [])
     coded = 0
-    for batch in store.scan(ITEMS, ["item_id", "vector"], FETCH_ROWS):
-        rows = pa.table({"item_id": batch["item_id"], **item_codes(books, batch["vector"].to_pylist())})
-        store.update_columns(table, rows)
+    for batch in store.scan(ITEMS, ["item_id", "vector", "updated_at"], FETCH_ROWS):
+        rows = pa.table({"item_id": batch["item_id"], **item_codes(books, batch["vector"])})
+        # Only where the item is still the one read: one re-ingested meanwhile has its own codes.
+        store.update_columns(table, rows.append_column("updated_at", batch["updated_at"]), unchanged_since="updated_at")
         coded += int(rows["semantic_id"].is_valid().to_numpy(zero_copy_only=False).sum())
     return {
         "command": "codes assign",
@@ -79,25 +81,34 @@ def assign_codes(db: str) -> dict:
     }
 
 
-def item_codes(books: Codebooks | None, vectors: list) -> dict[str, pa.Array]:
-    """`semantic_id` and `codes_version` columns for items with `vectors` (None: no vector, no codes)."""
+def item_codes(books: Codebooks | None, column) -> dict[str, pa.Array]:
+    """`semantic_id` and `codes_version` columns for items whose vectors are `column` (an Arrow
+    fixed-size list column; a null or non-finite vector: no codes)."""
     types = {field.name: field.type for field in CODE_FIELDS}
-    present = [i for i, v in enumerate(vectors) if v is not None]
-    ids: list = [None] * len(vectors)
-    if books is not None and present:
-        for i, code in zip(present, books.assign(np.array([vectors[i] for i in present], np.float32)).tolist()):
+    present, vectors = vector_rows(column)
+    ids: list = [None] * len(column)
+    if books is not None and len(present):
+        finite = np.isfinite(vectors).all(axis=1)
+        for i, code in zip(present[finite].tolist(), books.assign(vectors[finite]).tolist()):
             ids[i] = code
     version = [books.version if books is not None and code is not None else None for code in ids]
     return {"semantic_id": pa.array(ids, types["semantic_id"]), "codes_version": pa.array(version, types["codes_version"])}
+
+
+def vector_rows(column) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows that have a vector, their vectors float32 [n, D]) of an Arrow vector column,
+    without a Python object per number."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    present = np.flatnonzero(array.is_valid().to_numpy(zero_copy_only=False))
+    return present, array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(
+        len(present), array.type.list_size
+    )
 
 
 def _stored_vectors(store: ItemStore) -> np.ndarray:
     if not store.has(ITEMS):
         return np.zeros((0, 0), np.float32)
     embedding_model(store.snapshot(ITEMS))  # a table of mixed models cannot be coded as one
-    parts = [
-        np.array([v for v in batch["vector"].to_pylist() if v is not None], np.float32)
-        for batch in store.scan(ITEMS, ["vector"], FETCH_ROWS)
-    ]
-    parts = [p for p in parts if len(p)]
+    parts = [vector_rows(batch["vector"])[1] for batch in store.scan(ITEMS, ["vector"], FETCH_ROWS)]
+    parts = [p[np.isfinite(p).all(axis=1)] for p in parts if len(p)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -340,10 +340,12 @@ class ItemStore:
                 .execute(rows.cast(keyed(rows.schema, ITEMS)), on_bad_vectors="null")
             )
 
-    def update_columns(self, table, rows: pa.Table) -> None:
-        """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit."""
+    def update_columns(self, table, rows: pa.Table, unchanged_since: str | None = None) -> None:
+        """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit; with
+        `unchanged_since` (a column of `rows`), only on items whose value of it is still the one given."""
         if rows.num_rows:
-            table.merge_insert("item_id").when_matched_update_all().execute(rows.cast(keyed(rows.schema, ITEMS)))
+            where = f"target.{unchanged_since} = source.{unchanged_since}" if unchanged_since else None  # our own column names
+            table.merge_insert("item_id").when_matched_update_all(where=where).execute(rows.cast(keyed(rows.schema, ITEMS)))
 
     def block_items(self, matched: dict[str, str], categories: dict[str, str], block: str) -> None:
         """Marks stored items as matching the hash bank, in one commit: `matched` maps an item_id
