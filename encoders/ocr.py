@@ -23,7 +23,7 @@ import numpy as np
 
 from shoplens.encoders.rows import OK
 
-CHANGED_LEVELS, CHANGED_SHARE = 32, 0.001  # what makes a video frame another picture to read (`_unchanged`)
+CHANGED_LEVELS, CHANGED_SHARE = 20, 0.0005  # what makes a video frame another picture to read (`_unchanged`)
 MIN_READ_SIDE = 48  # pixels of the scaled picture's short side: more than one 32-px rounding step
 MODEL_FILES = {
     "Det.model_path": "PP-OCRv6_det_small.onnx",
@@ -171,16 +171,13 @@ class ReadText:
 
 
 def _unchanged(before: np.ndarray, after: np.ndarray) -> bool:
-    """Whether no part of a picture changed: at half size, fewer than CHANGED_SHARE of its pixels
-    moved by more than CHANGED_LEVELS grey levels (compression noise moves none that far; a line of
-    text moves a block of them)."""
-    import cv2
-
+    """Whether no part of a picture changed: fewer than CHANGED_SHARE of its pixels moved by more
+    than CHANGED_LEVELS in any colour (compression noise moves few that far; a line of text, even
+    small, faint or of the same brightness, moves a block of them)."""
     if before.shape != after.shape or before.dtype != np.uint8 or after.dtype != np.uint8 or before.ndim != 3:
         return False
-    size = (max(1, before.shape[1] // 2), max(1, before.shape[0] // 2))
-    grey = [cv2.resize(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.int16) for p in (before, after)]
-    return float((np.abs(grey[0] - grey[1]) > CHANGED_LEVELS).mean()) < CHANGED_SHARE
+    moved = (np.abs(before.astype(np.int16) - after.astype(np.int16)) > CHANGED_LEVELS).any(axis=2)
+    return float(moved.mean()) < CHANGED_SHARE
 
 
 def _line_dict(line: TextLine, width: int, height: int) -> dict:

@@ -173,3 +173,22 @@ def test_a_line_of_text_added_to_the_next_frame_is_read_though_pdq_barely_moves(
     lines = stage({"status": np.array(["ok"], dtype=object), "whole": [np.stack(frames)], "pdq": [hashes]})["frame_ocr_lines"][0]
     assert len(calls) == 2  # the true repeat was not read again; the changed frame was
     assert any("telegram" in line["text"].lower() for line in lines[2])
+
+
+@pytest.mark.parametrize("ink", [(120, 120, 120), (40, 90, 200)], ids=["faint", "same-brightness-other-colour"])
+def test_small_faint_text_added_to_a_textured_frame_makes_it_another_picture(ink):
+    import cv2
+    from conftest import sample_photo
+    from PIL import Image
+
+    from shoplens.encoders.ocr import _unchanged
+
+    frame = np.array(Image.open(sample_photo("chelsea.png")).convert("RGB").resize((640, 360)))
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    frame[300:330, 20:300] = np.array(ink, np.uint8)  # a band the text is written on, of one colour
+    written = frame.copy()
+    cv2.putText(written, "WA +44 7700 900123", (24, 322), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(int(c) + 50 for c in ink), 1)
+    assert grey.std() > 20  # a textured picture
+    assert not _unchanged(frame, written)
+    noisy = np.clip(frame.astype(np.int16) + np.random.default_rng(0).integers(-6, 7, frame.shape), 0, 255).astype(np.uint8)
+    assert _unchanged(frame, noisy)  # compression-like noise is the same picture

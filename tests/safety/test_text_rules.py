@@ -48,6 +48,14 @@ def shipped() -> TextRules:
         ("@cocaine", "cocaine"),
         ("$heroin", "heroin"),
         ("h3r0in", "h3r0in"),
+        ("FENTANYI", "FENTANYI"),  # a capital I for an l
+        ("cocaine4sale", "cocaine"),
+        ("heroin247", "heroin"),
+        ("COCAINE1", "COCAINE"),
+        ("һeroin", "һeroin"),  # Cyrillic һ
+        ("heroın", "heroın"),  # a dotless ı
+        ("co\u3164caine", "co\u3164caine"),  # a Hangul filler, a letter that draws nothing
+        ("hero!n", "hero!n"),
     ],
 )
 def test_terms_match_after_folding_and_report_the_text_as_written(shipped, text, written):
@@ -91,6 +99,14 @@ def test_phone_numbers_are_found_in_the_policys_regions(shipped, text, written):
         ("DM me on instagram", "messaging_handle", "DM me on instagram"),
         ("WhatsApp: sunnyshop", "messaging_handle", "WhatsApp: sunnyshop"),
         ("LINK：EXAMPLE-DEALS。COM", "url", "EXAMPLE-DEALS。COM"),  # an ideographic full stop
+        ("telegram deals88", "messaging_handle", "telegram deals88"),
+        ("telegram - deals88", "messaging_handle", "telegram - deals88"),
+        ("wechat shop8888", "messaging_handle", "wechat shop8888"),
+        ("telegram=deals88", "messaging_handle", "telegram=deals88"),
+        ("telegram➡️deals88", "messaging_handle", "telegram➡️deals88"),
+        ("LINE ID shop123", "messaging_handle", "LINE ID shop123"),
+        ("join discord.gg/abc123", "url", "discord.gg/abc123"),
+        ("linktr.ee/sunny", "url", "linktr.ee/sunny"),
     ],
 )
 def test_contact_details_are_found(shipped, text, rule, written):
@@ -126,6 +142,15 @@ def test_contact_details_are_found(shipped, text, rule, written):
         "Model A1.SE",
         "Vol.Bio",
         "Year 2024, 1080p, 4K",
+        "USB data line/charging cable",
+        "Fishing line: 20lb",
+        "Product line: Premium",
+        "Hot sale.Shop now",
+        "Waterproof.Top quality",
+        "Easy to use.In stock",
+        "Mini.Me doll",
+        "Instagram worthy flat lay",
+        "Telegram style hat",
     ],
 )
 def test_hard_negatives_match_no_rule(shipped, text):
