@@ -333,12 +333,28 @@ class ItemStore:
     def upsert(self, table, rows: pa.Table) -> None:
         if rows.num_rows:
             # Nulls are how failed rows store "no vector"; NaNs were turned into errors upstream.
-            (
-                table.merge_insert("item_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(rows.cast(keyed(rows.schema, ITEMS)), on_bad_vectors="null")
+            self._committed(
+                table,
+                lambda t: (
+                    t.merge_insert("item_id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute(rows.cast(keyed(rows.schema, ITEMS)), on_bad_vectors="null")
+                ),
             )
+
+    def _committed(self, table, commit) -> None:
+        """`commit(table)`, done again on the table as it is now when another writer's commit made
+        ours incompatible (a table another job created or migrated at the same moment): an upsert
+        on keys lands the same however often it is done."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                commit(table)
+                return
+            except (OSError, RuntimeError, ValueError) as e:
+                if attempt == OPEN_ATTEMPTS - 1 or not _concurrent(e):
+                    raise
+                table = self.db.open_table(table.name)
 
     def update_columns(self, table, rows: pa.Table, unchanged_since: str | None = None) -> None:
         """Sets the columns in `rows` (keyed by `item_id`) on existing items, in one commit; with
@@ -399,12 +415,15 @@ class ItemStore:
         of_these = col("item_id").isin(item_ids)  # typed: item ids never become SQL text
         if not item_ids or (rows.num_rows == 0 and not table.search().where(of_these).select(["item_id"]).limit(1).to_list()):
             return
-        (
-            table.merge_insert(["item_id", "frame_index"])
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(of_these)
-            .execute(rows.cast(keyed(rows.schema, FRAMES)))
+        self._committed(
+            table,
+            lambda t: (
+                t.merge_insert(["item_id", "frame_index"])
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(of_these)
+                .execute(rows.cast(keyed(rows.schema, FRAMES)))
+            ),
         )
 
 
