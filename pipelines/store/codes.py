@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from shoplens.encoders.codes import Codebooks
-from shoplens.pipelines.store.database import ItemStore, StoreError, embedding_model
+from shoplens.pipelines.store.database import ItemStore, StoreError
 from shoplens.pipelines.store.schemas import CODE_FIELDS, ITEMS
 
 FETCH_ROWS = 65_536
@@ -27,20 +27,20 @@ class CodesError(StoreError):
 def fit_codes(db: str, levels: int = 3, codebook_size: int = 256, seed: int = 0) -> dict:
     """Fits and stores a new version of the codebooks on every stored item vector."""
     started = time.perf_counter()
+    if levels < 1 or codebook_size < 2:  # refused before any vector is read
+        raise CodesError(f"codes need --levels >= 1 and --codebook-size >= 2, not {levels} and {codebook_size}")
     store = ItemStore(db)
-    model = store.model()
-    vectors = _stored_vectors(store)
-    if model is None or len(vectors) < codebook_size:
+    model = store.model()  # the one model of the table's vectors (a StoreError for mixed ones)
+    vectors = _stored_vectors(store) if model is not None else np.zeros((0, 0), np.float32)
+    if len(vectors) < codebook_size:
         raise CodesError(
             f"{db}: fitting {codebook_size} codes a level needs at least {codebook_size} embedded items, and {len(vectors)} are stored; "
             "ingest more, or pass a smaller --codebook-size"
         )
-    if levels < 1 or codebook_size < 2:
-        raise CodesError(f"codes need --levels >= 1 and --codebook-size >= 2, not {levels} and {codebook_size}")
     version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}-{levels}x{codebook_size}"
     books = Codebooks.fit(vectors, levels, codebook_size, model, version, seed)
     store.save_codebooks(books, len(vectors))
-    unique = len({tuple(c) for c in books.assign(vectors).tolist()}) / len(vectors)
+    unique = len(np.unique(books.assign(vectors), axis=0)) / len(vectors)
     return {
         "command": "codes fit",
         "db": db,
@@ -106,9 +106,6 @@ def vector_rows(column) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stored_vectors(store: ItemStore) -> np.ndarray:
-    if not store.has(ITEMS):
-        return np.zeros((0, 0), np.float32)
-    embedding_model(store.snapshot(ITEMS))  # a table of mixed models cannot be coded as one
     parts = [vector_rows(batch["vector"])[1] for batch in store.scan(ITEMS, ["vector"], FETCH_ROWS)]
     parts = [p[np.isfinite(p).all(axis=1)] for p in parts if len(p)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
